@@ -1,0 +1,81 @@
+"""The installed package loads our patched libllama and reports how it was built."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cocktail_gguf
+import llama_cpp
+from cocktail_gguf import _native
+from cocktail_gguf.cli import main
+
+
+def test_build_info_fields() -> None:
+    info = _native.build_info()
+    assert info["version"] == cocktail_gguf.__version__
+    assert info["upstream"] == "llama_cpp_python-0.3.36"
+    assert info["ggml_version"] == "0.25.3"
+    assert isinstance(info["cuda"], bool)
+    patches = sorted(p.name for p in (Path(__file__).parents[1] / "ggml_patches").glob("*.patch"))
+    assert info["patches"].split(",") == patches
+    assert Path(info["library"]).exists()
+
+
+def test_llama_cpp_uses_our_library() -> None:
+    loaded = Path(llama_cpp.llama_cpp._lib._name).resolve()
+    assert loaded == Path(_native.build_info()["library"]).resolve()
+    # the 0001 patch makes libllama itself say it is ours
+    system_info = llama_cpp.llama_print_system_info().decode()
+    assert f"COCKTAIL : VERSION = {cocktail_gguf.__version__}" in system_info
+    assert f"CUDA = {int(_native.build_info()['cuda'])}" in system_info
+
+
+def test_devices_include_cpu() -> None:
+    devices = _native.devices()
+    assert any(d["type"] == "cpu" for d in devices)
+    assert all(d["name"] and d["memory_total"] >= 0 for d in devices)
+
+
+def test_device_index_out_of_range_is_value_error() -> None:
+    import pytest
+
+    buf = _native.ffi.new("char[]", 256)
+    with pytest.raises(ValueError, match="device index 99 out of range"):
+        _native.check(_native.lib().cocktail_device_info(99, buf, len(buf)), "cocktail_device_info")
+
+
+def test_cli_info_json(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["cocktail_gguf"] == cocktail_gguf.__version__
+    assert info["llama_cpp_python"] == "0.3.36"
+    assert "COCKTAIL" in info["system_info"]
+
+
+def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_refuses_other_llama_library_already_loaded(tmp_path: Path) -> None:
+    # a second copy of the library at another path stands for a stock llama-cpp-python build
+    other = tmp_path / "other"
+    shutil.copytree(_native.lib_dir(), other, symlinks=True)
+    env = dict(os.environ, LLAMA_CPP_LIB_PATH=str(other))
+    env.pop(_native.LIB_DIR_ENV, None) if "COCKTAIL_GGUF_LIB_DIR" not in os.environ else None
+    r = _run("import llama_cpp, cocktail_gguf", env)
+    assert r.returncode != 0
+    assert "already imported with the library" in r.stderr
+    r = _run("import cocktail_gguf", env)
+    assert r.returncode != 0
+    assert "LLAMA_CPP_LIB_PATH" in r.stderr and str(other) in r.stderr
+
+
+def test_cuda_build_sees_a_gpu() -> None:
+    if not _native.build_info()["cuda"]:
+        return  # CPU build: nothing to check here
+    assert any(d["type"] == "gpu" for d in _native.devices()), _native.devices()

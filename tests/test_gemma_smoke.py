@@ -1,0 +1,23 @@
+"""The real model: gemma-3-270m (Q4_K_M, iSWA) from PyPI generates deterministically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cocktail_gguf import Llama
+
+pytestmark = pytest.mark.slow
+
+
+def test_gemma_greedy_deterministic(gemma_path: Path, llama_kwargs: dict) -> None:
+    prompt = "Paris is the capital of"
+    outs = []
+    for _ in range(2):
+        llm = Llama(str(gemma_path), n_ctx=512, verbose=False, **llama_kwargs)
+        outs.append(llm(prompt, max_tokens=8, temperature=0.0)["choices"][0]["text"])
+        llm.close()
+    assert outs[0] == outs[1]
+    assert outs[0].strip(), "expected a non-empty continuation"
+    assert "France" in outs[0]
