@@ -1,4 +1,5 @@
-# cmake -DUPSTREAM=<llama.cpp dir> -DPATCHES=<a;b;c> -P apply_patches.cmake
+# cmake -DUPSTREAM=<sdist root> -DPATCHES=<a;b;c> -P apply_patches.cmake
+# UPSTREAM is the extracted sdist root (patch paths: vendor/llama.cpp/..., llama_cpp/...).
 # Applies each patch in order with `patch -p1`; stops at the first that does not apply cleanly.
 if(NOT UPSTREAM OR NOT IS_DIRECTORY "${UPSTREAM}")
   message(FATAL_ERROR "apply_patches: UPSTREAM='${UPSTREAM}' is not a directory")

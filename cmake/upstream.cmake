@@ -100,7 +100,7 @@ if(NOT have_stamp STREQUAL want_stamp)
                   "${COCKTAIL_SDIST_NAME}/LICENSE.md")
   endif()
   execute_process(
-    COMMAND "${CMAKE_COMMAND}" -DUPSTREAM=${COCKTAIL_UPSTREAM_ROOT}/vendor/llama.cpp
+    COMMAND "${CMAKE_COMMAND}" -DUPSTREAM=${COCKTAIL_UPSTREAM_ROOT}
             "-DPATCHES=${COCKTAIL_PATCHES}" -P "${CMAKE_CURRENT_SOURCE_DIR}/cmake/apply_patches.cmake"
     RESULT_VARIABLE rc)
   if(NOT rc EQUAL 0)

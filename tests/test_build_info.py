@@ -57,8 +57,19 @@ def test_cli_info_json(capsys) -> None:  # type: ignore[no-untyped-def]
     assert "COCKTAIL" in info["system_info"]
 
 
-def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+def _run(code: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    # cwd away from the checkout: `python -c` would otherwise import the source tree
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_llama_cpp_imported_first_loads_our_library(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LLAMA_CPP_LIB_PATH"}
+    code = "import llama_cpp; print(llama_cpp.llama_print_system_info().decode()); import cocktail_gguf"
+    r = _run(code, env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "COCKTAIL : VERSION" in r.stdout
 
 
 def test_refuses_other_llama_library_already_loaded(tmp_path: Path) -> None:
@@ -66,11 +77,10 @@ def test_refuses_other_llama_library_already_loaded(tmp_path: Path) -> None:
     other = tmp_path / "other"
     shutil.copytree(_native.lib_dir(), other, symlinks=True)
     env = dict(os.environ, LLAMA_CPP_LIB_PATH=str(other))
-    env.pop(_native.LIB_DIR_ENV, None) if "COCKTAIL_GGUF_LIB_DIR" not in os.environ else None
-    r = _run("import llama_cpp, cocktail_gguf", env)
+    r = _run("import llama_cpp, cocktail_gguf", env, tmp_path)
     assert r.returncode != 0
     assert "already imported with the library" in r.stderr
-    r = _run("import cocktail_gguf", env)
+    r = _run("import cocktail_gguf", env, tmp_path)
     assert r.returncode != 0
     assert "LLAMA_CPP_LIB_PATH" in r.stderr and str(other) in r.stderr
 

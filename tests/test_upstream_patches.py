@@ -58,15 +58,16 @@ def test_patches_apply_to_pinned_sdist(tmp_path: Path) -> None:
     import hashlib
 
     assert hashlib.sha256(tarball.read_bytes()).hexdigest() == SDIST_SHA256
-    wanted = {f"{SDIST}/vendor/llama.cpp/{f}" for p in PATCHES for f in _touched_files(p)}
+    wanted = {f"{SDIST}/{f}" for p in PATCHES for f in _touched_files(p)}
     with tarfile.open(tarball) as tar:
         members = [m for m in tar.getmembers() if m.name in wanted]
         assert {m.name for m in members} == wanted
         tar.extractall(tmp_path, members=members, filter="data")
-    upstream = tmp_path / SDIST / "vendor" / "llama.cpp"
+    upstream = tmp_path / SDIST
     r = _apply(upstream, PATCHES)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "cocktail_system_info" in (upstream / "src" / "llama.cpp").read_text()
+    assert "cocktail_system_info" in (upstream / "vendor" / "llama.cpp" / "src" / "llama.cpp").read_text()
+    assert '"cocktail_gguf" / "lib"' in (upstream / "llama_cpp" / "llama_cpp.py").read_text()
 
 
 def test_failing_patch_stops_with_its_name(tmp_path: Path) -> None:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Run ON the GPU machine (the device tool), from the repo root, carrying .bundle and .whl made by
+# bench/device/make_bundle.sh. Builds the CUDA variant with pip (no network: the bundle replaces the
+# sdist download) into /tmp/site and runs the test suite with every model layer on the GPU.
+# Usage: COMMIT=<sha> bash bench/device/build_cuda.sh [pytest args]     (CUDA_ARCHS=90 by default)
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$repo"
+out="${OUT:-/tmp/out}"
+mkdir -p "$out"
+site=/tmp/site
+export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
+export CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHS:-90} -DCOCKTAIL_UPSTREAM_SRC=$repo/.bundle/llama_cpp_python-0.3.36"
+export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
+t0=$(date +%s)
+python3 -m pip install -q --no-build-isolation --no-deps --no-index --upgrade --target "$site" \
+  --config-settings=build-dir=/tmp/cocktail-build . > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
+t1=$(date +%s)
+echo "cuda build: $((t1 - t0)) s (commit ${COMMIT:-unknown})" | tee "$out/summary.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$out/summary.txt"
+cd /tmp  # keep the source tree off sys.path: the installed package is tested
+python3 -c "import cocktail_gguf, json; from cocktail_gguf import _native; print(json.dumps(_native.build_info())); print(_native.devices())" | tee -a "$out/summary.txt"
+set +e
+# The image's pytest plugins (jaxtyping, ...) import jax/torch, whose CUDA libraries loaded before
+# ours crash llama.cpp's model load (see bench/NOTES.md): run pytest without plugin autoload.
+COCKTAIL_TEST_N_GPU_LAYERS=-1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -q -p no:cacheprovider --rootdir "$repo" "$repo/tests" "$@" 2>&1 | tee "$out/pytest.log"
+rc=${PIPESTATUS[0]}
+t2=$(date +%s)
+echo "tests: $((t2 - t1)) s, pytest exit $rc" | tee -a "$out/summary.txt"
+exit "$rc"
