@@ -33,10 +33,26 @@ SHAPES: dict[str, LlamaShape] = {
     for s in (
         LlamaShape("tiny-mha", n_embd=128, n_head=4, n_head_kv=4, n_layer=2, n_ff=256, n_vocab=512),
         LlamaShape("tiny-gqa", n_embd=256, n_head=4, n_head_kv=1, n_layer=2, n_ff=512, n_vocab=512),
-        LlamaShape("llama2-7b", n_embd=4096, n_head=32, n_head_kv=32, n_layer=32, n_ff=11008, n_vocab=32000,
-                   n_ctx_train=131072),
-        LlamaShape("llama3-8b", n_embd=4096, n_head=32, n_head_kv=8, n_layer=32, n_ff=14336, n_vocab=128256,
-                   n_ctx_train=131072),
+        LlamaShape(
+            "llama2-7b",
+            n_embd=4096,
+            n_head=32,
+            n_head_kv=32,
+            n_layer=32,
+            n_ff=11008,
+            n_vocab=32000,
+            n_ctx_train=131072,
+        ),
+        LlamaShape(
+            "llama3-8b",
+            n_embd=4096,
+            n_head=32,
+            n_head_kv=8,
+            n_layer=32,
+            n_ff=14336,
+            n_vocab=128256,
+            n_ctx_train=131072,
+        ),
     )
 }
 
@@ -51,7 +67,7 @@ def _vocab(n_vocab: int) -> tuple[list[bytes], list[float], list[int]]:
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
     tokens += [f"<0x{i:02X}>".encode() for i in range(256)]
     types += [gguf.TokenType.BYTE] * 256
-    pieces: list[bytes] = []
+    pieces: list[str] = []
     letters = "etaoinshrdlucmfwypvbgkqjxz"
     for c in letters + letters.upper() + "0123456789.,;:!?'\"()-":
         pieces += ["\u2581" + c, c]
@@ -107,8 +123,11 @@ def write_random_llama(
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(
-        {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-         "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[weight_type]
+        {
+            "f32": gguf.LlamaFileType.ALL_F32,
+            "f16": gguf.LlamaFileType.MOSTLY_F16,
+            "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+        }[weight_type]
     )
     tokens, scores, types = _vocab(shape.n_vocab)
     w.add_tokenizer_model("llama")

@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cocktail_gguf
 import llama_cpp
+
+import cocktail_gguf
 from cocktail_gguf import _native
 from cocktail_gguf.cli import main
 

@@ -75,13 +75,10 @@ def test_failing_patch_stops_with_its_name(tmp_path: Path) -> None:
     (upstream / "src").mkdir(parents=True)
     (upstream / "src" / "a.c").write_text("int a = 1;\nint b = 2;\n")
     good = tmp_path / "0001-good.patch"
-    good.write_text(
-        "# purpose: test\n--- a/src/a.c\n+++ b/src/a.c\n@@ -1,2 +1,2 @@\n-int a = 1;\n+int a = 3;\n int b = 2;\n"
-    )
+    header = "# purpose: test\n--- a/src/a.c\n+++ b/src/a.c\n@@ -1,2 +1,2 @@\n"
+    good.write_text(header + "-int a = 1;\n+int a = 3;\n int b = 2;\n")
     bad = tmp_path / "0002-bad.patch"
-    bad.write_text(
-        "# purpose: test\n--- a/src/a.c\n+++ b/src/a.c\n@@ -1,2 +1,2 @@\n int a = 1;\n-int b = 9;\n+int b = 4;\n"
-    )
+    bad.write_text(header + " int a = 1;\n-int b = 9;\n+int b = 4;\n")
     r = _apply(upstream, [good, bad])
     assert r.returncode != 0
     assert "0002-bad.patch does not apply" in r.stdout + r.stderr
