@@ -129,3 +129,19 @@ def devices() -> list[dict[str, Any]]:
         check(lib().cocktail_device_info(i, buf, len(buf)), f"cocktail_device_info({i})")
         out.append(json.loads(ffi.string(buf).decode("utf-8", "replace")))
     return out
+
+
+def memory_bytes(ctx: Any) -> dict[str, int]:
+    """Bytes llama.cpp allocated for a llama_context (a llama_cpp ctypes pointer): model, its own KV
+    cache ("kv_cache") and compute buffers, summed over devices."""
+    import ctypes
+
+    address = ctypes.cast(ctx, ctypes.c_void_p).value
+    if not address:
+        raise ValueError(f"ctx={ctx!r} is not a live llama_context")
+    out = ffi.new("size_t[3]")
+    check(
+        lib().cocktail_memory_bytes(ffi.cast("struct llama_context *", address), out, out + 1, out + 2),
+        "cocktail_memory_bytes",
+    )
+    return {"model": int(out[0]), "kv_cache": int(out[1]), "compute": int(out[2])}

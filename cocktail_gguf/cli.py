@@ -1,4 +1,4 @@
-"""`cocktail-gguf` command line: info, generate (more subcommands register in `_SUBCOMMANDS`)."""
+"""`cocktail-gguf` command line: info, generate, plan, convert-encoder (registered in `_SUBCOMMANDS`)."""
 
 from __future__ import annotations
 
@@ -85,7 +85,13 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_generate]
+def _add_planner(sub: argparse._SubParsersAction) -> None:
+    from . import planner_cli
+
+    planner_cli.add_parser(sub)
+
+
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_generate, _add_planner]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,6 +2,7 @@
 
 #include "cocktail_errors.h"
 #include "ggml-backend.h"
+#include "llama-ext.h"
 
 #include <cinttypes>
 #include <cstdio>
@@ -102,6 +103,20 @@ int cocktail_device_info(int index, char * buf, size_t buf_size) {
     if (written < 0 || static_cast<size_t>(written) >= buf_size) {
         return cocktail::fail(COCKTAIL_EINVAL, "cocktail_device_info: buffer of " + std::to_string(buf_size) +
                                                    " bytes is too small");
+    }
+    return COCKTAIL_OK;
+}
+
+int cocktail_memory_bytes(const struct llama_context * ctx, size_t * model, size_t * context, size_t * compute) {
+    if (ctx == nullptr || model == nullptr || context == nullptr || compute == nullptr) {
+        return cocktail::fail(COCKTAIL_EINVAL, "cocktail_memory_bytes: null context or output pointer");
+    }
+    *model = *context = *compute = 0;
+    for (const auto & [buft, data] : llama_get_memory_breakdown(ctx)) {
+        (void) buft;
+        *model += data.model;
+        *context += data.context;
+        *compute += data.compute;
     }
     return COCKTAIL_OK;
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -42,6 +43,124 @@ COCKTAIL_API const char * cocktail_last_error(void);
 COCKTAIL_API int cocktail_device_count(void);
 // Writes a JSON object {name, description, type, memory_free, memory_total} into buf.
 COCKTAIL_API int cocktail_device_info(int index, char * buf, size_t buf_size);
+
+struct llama_context;
+// Bytes llama.cpp allocated for a context, summed over devices: model weights, its own KV cache
+// ("context": llama.cpp's cache only, not our regions) and compute buffers.
+COCKTAIL_API int cocktail_memory_bytes(const struct llama_context * ctx, size_t * model, size_t * context,
+                                       size_t * compute);
+
+// ---- formats and ops (tests) ----
+// Owned by the formats/ops work (native/cocktail_kv_format.*, native/cocktail_attn_cpu.*); byte layouts and
+// the attention contract are in native/README.md. All strides are in bytes. fp16 data is IEEE binary16.
+
+// Which half of a layer's cache a region buffer holds.
+enum cocktail_kv_part {
+    COCKTAIL_KV_K = 0,
+    COCKTAIL_KV_V = 1,
+};
+
+// Bytes of one region's K or V buffer: n_tokens tokens of one precision, n_head_kv heads, head_dim channels
+// (a multiple of 32). Q4: 5.0 bits/element, Q2: 3.0, F16: 16 (a partial last 32-token block is padded).
+COCKTAIL_API int cocktail_region_bytes(int precision, int part, int n_tokens, int n_head_kv, int head_dim,
+                                       size_t * out_bytes);
+
+// Gathers cells[0..n_tokens) of an fp16 source into region positions 0..n_tokens and quantizes them into dst.
+// Source element (cell, channel, head) is at src + cell*src_nb_token + channel*src_nb_channel + head*src_nb_head;
+// every cell must be in [0, src_n_cells). The llama.cpp K cache [head_dim, n_cells, n_head_kv] has
+// nb_channel = 2; its transposed V (flash-attn off) has nb_token = 2.
+COCKTAIL_API int cocktail_pack_region(int precision, int part, void * dst, size_t dst_size, int n_tokens,
+                                      int n_head_kv, int head_dim, const void * src, size_t src_nb_token,
+                                      size_t src_nb_channel, size_t src_nb_head, int src_n_cells, const int * cells,
+                                      int n_threads);
+
+// Dequantizes a region buffer into float dst[n_head_kv][n_tokens][head_dim] (contiguous).
+COCKTAIL_API int cocktail_dequant_region(int precision, int part, const void * src, size_t src_size, int n_tokens,
+                                         int n_head_kv, int head_dim, float * dst);
+
+// One region of the past context: n_tokens tokens (0 = empty) of one precision, K and V buffers as packed above.
+struct cocktail_kv_region {
+    int          precision;
+    int          n_tokens;
+    const void * k;
+    const void * v;
+};
+
+// Mixed-region attention for n_q_tokens query tokens. Query head h reads KV head h / (n_head / n_head_kv).
+// q and out: float32, element (token, head, channel) at base + token*nb_token + head*nb_head + channel*4.
+// Regions are visible to every query token. The tail (n_tail fp16 tokens, e.g. query + generated tokens in
+// llama.cpp's cache) has K element (token, head, channel) at tail_k + token*nb_token + head*nb_head +
+// channel*2, V at tail_v + token*nb_token + channel*nb_channel + head*nb_head, and an additive mask
+// (0 or -INFINITY) element (query token, tail token) at mask + i*mask_nb_row + j*(4 or 2 if mask_f16);
+// mask NULL = all visible. Rows that see no token get zeros.
+struct cocktail_attn_args {
+    int                               n_q_tokens;
+    int                               n_head;
+    int                               n_head_kv;
+    int                               head_dim;
+    float                             kq_scale;
+    const float *                     q;
+    size_t                            q_nb_token;
+    size_t                            q_nb_head;
+    float *                           out;
+    size_t                            out_nb_token;
+    size_t                            out_nb_head;
+    const struct cocktail_kv_region * regions;
+    int                               n_regions;
+    int                               n_tail;
+    const void *                      tail_k;
+    size_t                            tail_k_nb_token;
+    size_t                            tail_k_nb_head;
+    const void *                      tail_v;
+    size_t                            tail_v_nb_token;
+    size_t                            tail_v_nb_channel;
+    size_t                            tail_v_nb_head;
+    const void *                      mask;
+    size_t                            mask_nb_row;
+    int                               mask_f16;
+};
+
+// Validates args, then runs the attention on n_threads threads (1 = the calling thread only).
+COCKTAIL_API int cocktail_attn_mixed_regions(const struct cocktail_attn_args * args, int n_threads);
+
+// CPU kernel variant: mode -1 queries, 0 forces the portable scalar code, 1 selects AVX2/FMA/F16C when the CPU has
+// them. Returns the variant now in use (1 = AVX2, 0 = scalar). Process-wide; for tests and benchmarks.
+COCKTAIL_API int cocktail_cpu_simd(int mode);
+// ---- end formats and ops ----
+
+// ---- segmented cache (plan, compaction) ----
+// The Q2/Q4/F16 segmented KV cache of a llama_context (created by this libllama). Flow: cocktail_set_plan, prefill
+// context + query (llama_decode), cocktail_compact, decode. v1 limits (each an error, never a silent fallback):
+// sequence 0 only, n_seq_max = 1, F16 K/V cache in host memory (CPU), the standard KV cache (iSWA: its
+// full-attention layers), no softcap / ALiBi / attention sinks / KQ bias.
+struct llama_context;
+
+// One model layer's regions, indexed by enum cocktail_precision (F16, Q4, Q2). All zero for a layer outside the
+// segmented cache (a sliding-window layer) or a context without a plan.
+struct cocktail_layer_regions {
+    int32_t segmented;    // 1: the layer's planned context K/V go into regions
+    int32_t compacted;    // 1: they are there now (0: plan set, not compacted yet)
+    int32_t n_tokens[3];  // tokens per region
+    size_t  k_bytes[3];   // bytes of each region's K (cocktail_region_bytes)
+    size_t  v_bytes[3];
+};
+
+// Plans seq_id before its prefill: the context occupies positions pos0 .. pos0+n_context_tokens-1 (pos0 = 1 after a
+// BOS); chunk i (chunk_size tokens from pos0 + i*chunk_size) gets precisions[i] (enum cocktail_precision). Tokens
+// after the n_chunks*chunk_size planned ones (the context's remainder, query, generated tokens) stay F16 in
+// llama.cpp's cache. Replaces the context's previous plan and regions.
+COCKTAIL_API int cocktail_set_plan(struct llama_context * ctx, int32_t seq_id, int32_t pos0, int32_t chunk_size,
+                                   const uint8_t * precisions, int32_t n_chunks, int32_t n_context_tokens);
+// Drops the plan and regions (the llama.cpp cache is left as it is).
+COCKTAIL_API int cocktail_clear(struct llama_context * ctx, int32_t seq_id);
+// After prefill: packs every layer's planned K/V rows into its regions (F16 chunks, then Q4, then Q2) and removes
+// those positions from llama.cpp's cache; later ubatches attend to regions + cache through the graph hook.
+COCKTAIL_API int cocktail_compact(struct llama_context * ctx, int32_t seq_id);
+// Region sizes of model layer `layer` (0 .. n_layer-1).
+COCKTAIL_API int cocktail_region_info(struct llama_context * ctx, int32_t layer, struct cocktail_layer_regions * out);
+// COCKTAIL_EINTERNAL with the message if a graph build or attention op of this context hit an error since its plan.
+COCKTAIL_API int cocktail_check(struct llama_context * ctx);
+// ---- end segmented cache ----
 
 #ifdef __cplusplus
 }

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import llama_cpp
+import pytest
 
 import cocktail_gguf
 from cocktail_gguf import _native
@@ -43,8 +44,6 @@ def test_devices_include_cpu() -> None:
 
 
 def test_device_index_out_of_range_is_value_error() -> None:
-    import pytest
-
     buf = _native.ffi.new("char[]", 256)
     with pytest.raises(ValueError, match="device index 99 out of range"):
         _native.check(_native.lib().cocktail_device_info(99, buf, len(buf)), "cocktail_device_info")
@@ -59,13 +58,20 @@ def test_cli_info_json(capsys) -> None:  # type: ignore[no-untyped-def]
 
 
 def _run(code: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    # cwd away from the checkout: `python -c` would otherwise import the source tree
+    # cwd away from the checkout (`python -c` would import the source tree); the packages under test stay
+    # importable (a dev run imports them from the source tree through PYTHONPATH)
+    paths = {str(Path(m.__file__).resolve().parents[1]) for m in (cocktail_gguf, llama_cpp)}
+    env = dict(env, PYTHONPATH=os.pathsep.join([*paths, env.get("PYTHONPATH", "")]))
     return subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
     )
 
 
 def test_llama_cpp_imported_first_loads_our_library(tmp_path: Path) -> None:
+    if _native.LIB_DIR_ENV in os.environ:
+        pytest.skip(
+            f"${_native.LIB_DIR_ENV} is set: a dev build, llama_cpp's default library path is the install's"
+        )
     env = {k: v for k, v in os.environ.items() if k != "LLAMA_CPP_LIB_PATH"}
     code = "import llama_cpp; print(llama_cpp.llama_print_system_info().decode()); import cocktail_gguf"
     r = _run(code, env, tmp_path)

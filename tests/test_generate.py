@@ -60,9 +60,10 @@ def test_bad_options_raise_value_error(tiny_models: dict[str, Path], kwargs: dic
 
 
 @pytest.mark.parametrize("mode", ["cocktail", "q4", "q2"])
-def test_modes_not_built_yet_say_so(tiny_models: dict[str, Path], mode: str) -> None:
-    with pytest.raises(NotImplementedError, match=f"kv_mode='{mode}'"):
-        Llama(str(tiny_models["tiny-mha"]), verbose=False, kv_mode=mode)
+def test_segmented_modes_construct(tiny_models: dict[str, Path], mode: str) -> None:
+    llm = Llama(str(tiny_models["tiny-mha"]), verbose=False, kv_mode=mode)
+    assert llm.kv_mode == mode and llm.cocktail_plan is None and llm.kv_regions() == {}
+    llm.close()
 
 
 def test_missing_model_file_names_path(tmp_path: Path) -> None:

@@ -1,0 +1,203 @@
+"""Planner speed: plan_ms for a context of 8K / 32K LLM tokens with MiniLM (sentence-transformers),
+MiniLM as GGUF through our llama.cpp, and BM25. Target: 32K tokens (1 000 chunks) with MiniLM ≤ 10 s
+on 2 CPU cores.
+
+Each record times `plan_context` on token ids (gemma-3-270m tokenizer) with the encoder already
+loaded: "cold" = empty embedding cache (every chunk embedded), "warm" = same document, new query
+(only the query embedded). Loading times are recorded as `encoder_load_ms`.
+
+    python bench/plan_speed.py [--depths 8192 32768] [--encoders minilm minilm-gguf bm25] [--runs 3]
+
+Writes bench/results/plan_speed.json (format: shared BENCH.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "plan_speed.json"
+
+# A plain-English word list: chunks tokenize like prose (≈ 1.1 WordPiece tokens per gemma token).
+_WORDS = (
+    "the of and to in a is that for it as was with be by on not he this are or his from at which but have "
+    "an they you were her all she there would their we him been has when who will more no if out so said "
+    "what up its about into than them can only other new some could time these two may then do first any "
+    "my now such like our over man me even most made after also did many before must through back years "
+    "where much your way well down should because each just those people how too little state good very "
+    "make world still own see men work long get here between both life being under never day same another "
+    "know while last might us great old year off come since against go came right used take three river "
+    "mountain llama village market harvest winter bridge engine letter garden history science music water "
+    "council teacher doctor island forest station morning evening journey question answer number system"
+).split()
+
+
+def synthetic_text(n_words: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    sentences = []
+    while n_words > 0:
+        k = min(n_words, rng.randint(8, 22))
+        words = [rng.choice(_WORDS) for _ in range(k)]
+        sentences.append(" ".join(words).capitalize() + ".")
+        n_words -= k
+    return " ".join(sentences)
+
+
+def context_ids(llm: Any, n_tokens: int) -> list[int]:
+    ids: list[int] = []
+    words = n_tokens
+    while len(ids) < n_tokens:
+        ids = llm.tokenize(synthetic_text(words).encode(), add_bos=False, special=False)
+        words = int(words * 1.3) + 16
+    return list(ids[:n_tokens])
+
+
+def _load_average() -> float | None:
+    """1-minute load average: other processes on the cores inflate wall times."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def machine() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()}-core CPU ({name})"
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        return out.stdout.strip() or "uncommitted"
+    except OSError:
+        return "unknown"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--depths", type=int, nargs="+", default=[8192, 32768])
+    parser.add_argument("--encoders", nargs="+", default=["minilm", "minilm-gguf", "bm25"])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--model", help="GGUF whose tokenizer chunks the context (default: gemma-3-270m)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from cocktail_gguf import Llama
+    from cocktail_gguf.encoders import EmbeddingCache, get_encoder
+    from cocktail_gguf.models import default_model_path
+    from cocktail_gguf.planner import plan_context
+
+    model = args.model or str(default_model_path())
+    llm = Llama(model, vocab_only=True, verbose=False)
+    model_name = "gemma-3-270m-q4_k_m" if args.model is None else Path(model).stem
+    contexts = {d: context_ids(llm, d) for d in args.depths}
+    queries = ["Which river runs past the llama village?", "What did the council decide about the bridge?"]
+
+    load_before = _load_average()
+    records: list[dict[str, Any]] = []
+    for spec in args.encoders:
+        start = time.perf_counter()
+        encoder = get_encoder(spec)
+        load_ms = (time.perf_counter() - start) * 1e3
+        # first call pays lazy initialisation (torch kernels, llama.cpp graph): not part of plan time
+        plan_context(contexts[min(contexts)][:256], queries[0], tokenizer=llm, encoder=encoder, cache=None)
+        base = {
+            "model": model_name,
+            "backend": "cpu",
+            "kv_mode": "cocktail",
+            "impl": "ours",
+            "encoder": spec,
+            "chunk_size": 32,
+        }
+        records.append(
+            {
+                **base,
+                "mix": None,
+                "depth": None,
+                "metric": "encoder_load_ms",
+                "value": round(load_ms, 1),
+                "n_runs": 1,
+                "min": round(load_ms, 1),
+                "max": round(load_ms, 1),
+            }
+        )
+        for depth, ids in contexts.items():
+            for cache_state in ("cold", "warm"):
+                times, cpu_times = [], []
+                plan = None
+                for _run in range(args.runs):
+                    cache = EmbeddingCache()
+                    if cache_state == "warm":
+                        plan_context(
+                            ids, queries[1], tokenizer=llm, encoder=encoder, cache=cache, progress=False
+                        )
+                    start, cpu_start = time.perf_counter(), time.process_time()
+                    plan = plan_context(
+                        ids, queries[0], tokenizer=llm, encoder=encoder, cache=cache, progress=False
+                    )
+                    times.append((time.perf_counter() - start) * 1e3)
+                    cpu_times.append((time.process_time() - cpu_start) * 1e3)
+                assert plan is not None
+                rec = {
+                    **base,
+                    "mix": plan.fractions,
+                    "depth": depth,
+                    "metric": "plan_ms",
+                    "cache": cache_state,
+                    "value": round(statistics.median(times), 1),
+                    "n_runs": args.runs,
+                    "min": round(min(times), 1),
+                    "max": round(max(times), 1),
+                    "n_chunks": plan.n_chunks,
+                    # process CPU time (all threads): less sensitive to other load than wall time
+                    "cpu_ms": round(statistics.median(cpu_times), 1),
+                }
+                records.append(rec)
+                print(
+                    f"{spec:12s} depth {depth:6d} {cache_state}: plan {rec['value']:9.1f} ms "
+                    f"(min {rec['min']:.1f}, max {rec['max']:.1f}; cpu {rec['cpu_ms']:.0f} ms); "
+                    f"counts {plan.counts}",
+                    flush=True,
+                )
+        print(f"{spec:12s} load {load_ms:.0f} ms", flush=True)
+
+    result = {
+        "bench": "plan_speed",
+        "commit": commit(),
+        "machine": machine(),
+        "command": " ".join(["python", "bench/plan_speed.py", *sys.argv[1:]]),
+        "date": datetime.date.today().isoformat(),
+        "load_average_1m": {"before": load_before, "after": _load_average()},
+        "records": records,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

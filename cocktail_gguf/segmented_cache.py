@@ -1,0 +1,95 @@
+"""Binding of the segmented KV cache's C API (native/cocktail_api.h, "segmented cache" section).
+
+A llama_context gets a `Plan` before prefill (`set_plan`), is compacted after it (`compact`): every
+planned chunk's K/V then lives in a Q2/Q4/F16 region of its layer and leaves llama.cpp's cache.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _native
+from .plan import PRECISIONS, Plan
+
+SEQ_ID = 0
+"""The only sequence the segmented cache (v1) serves."""
+
+
+@dataclass(frozen=True)
+class LayerRegions:
+    """Sizes of one layer's regions: tokens and K / V bytes per precision ("f16", "q4", "q2")."""
+
+    layer: int
+    compacted: bool
+    n_tokens: dict[str, int]
+    k_bytes: dict[str, int]
+    v_bytes: dict[str, int]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.k_bytes.values()) + sum(self.v_bytes.values())
+
+
+def _ctx_ptr(ctx: Any) -> Any:
+    """A cffi `struct llama_context *` from llama-cpp-python's ctypes context pointer."""
+    address = ctypes.cast(ctx, ctypes.c_void_p).value
+    if not address:
+        raise ValueError("the llama context is closed (NULL)")
+    return _native.ffi.cast("struct llama_context *", address)
+
+
+def set_plan(ctx: Any, plan: Plan, pos0: int) -> None:
+    """Plans sequence 0: the context's first token sits at position ``pos0`` (1 after a BOS)."""
+    codes = np.ascontiguousarray(plan.native_codes(), dtype=np.uint8)
+    buf = _native.ffi.from_buffer("uint8_t[]", codes) if codes.size else _native.ffi.NULL
+    _native.check(
+        _native.lib().cocktail_set_plan(
+            _ctx_ptr(ctx), SEQ_ID, pos0, plan.chunk_size, buf, plan.n_chunks, plan.n_context_tokens
+        ),
+        "cocktail_set_plan",
+    )
+
+
+def check_supported(ctx: Any) -> None:
+    """Raises (NativeError / ValueError, message naming the reason) if ctx cannot run the segmented cache."""
+    _native.check(
+        _native.lib().cocktail_set_plan(_ctx_ptr(ctx), SEQ_ID, 0, 1, _native.ffi.NULL, 0, 0),
+        "segmented KV cache",
+    )
+    clear(ctx)
+
+
+def clear(ctx: Any) -> None:
+    _native.check(_native.lib().cocktail_clear(_ctx_ptr(ctx), SEQ_ID), "cocktail_clear")
+
+
+def compact(ctx: Any) -> None:
+    _native.check(_native.lib().cocktail_compact(_ctx_ptr(ctx), SEQ_ID), "cocktail_compact")
+
+
+def check(ctx: Any) -> None:
+    """Raises NativeError if a graph build or attention op hit an error since the plan was set."""
+    _native.check(_native.lib().cocktail_check(_ctx_ptr(ctx)), "segmented KV cache")
+
+
+def layer_regions(ctx: Any, n_layer: int) -> dict[int, LayerRegions]:
+    """Regions of every layer in the segmented cache (sliding-window layers are not), by model layer index."""
+    out: dict[int, LayerRegions] = {}
+    info = _native.ffi.new("struct cocktail_layer_regions *")
+    ptr = _ctx_ptr(ctx)
+    for il in range(n_layer):
+        _native.check(_native.lib().cocktail_region_info(ptr, il, info), f"cocktail_region_info(layer {il})")
+        if not info.segmented:
+            continue
+        out[il] = LayerRegions(
+            layer=il,
+            compacted=bool(info.compacted),
+            n_tokens={p: int(info.n_tokens[i]) for i, p in enumerate(PRECISIONS)},
+            k_bytes={p: int(info.k_bytes[i]) for i, p in enumerate(PRECISIONS)},
+            v_bytes={p: int(info.v_bytes[i]) for i, p in enumerate(PRECISIONS)},
+        )
+    return out

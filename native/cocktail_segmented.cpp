@@ -1,0 +1,452 @@
+// Segmented KV cache: plans, compaction into Q2/Q4/F16 regions, the registry, and their C API.
+#include "cocktail_segmented.h"
+
+#include "cocktail_errors.h"
+#include "cocktail_hooks.h"
+#include "cocktail_kv_format.h"
+#include "ggml-backend.h"
+#include "ggml.h"
+#include "llama-arch.h"
+#include "llama-hparams.h"
+#include "llama-kv-cache-iswa.h"
+#include "llama-kv-cache.h"
+#include "llama-model.h"
+#include "llama.h"
+
+#include <algorithm>
+#include <map>
+#include <new>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+namespace cocktail {
+
+// Named namespace: libllama is a unity build, so file-local names must not collide with other sources.
+namespace segmented_impl {
+namespace {
+
+struct Registry {
+    std::mutex                                                                                          mutex;
+    std::unordered_map<const llama_context *, std::shared_ptr<SegmentedCache>>                          by_ctx;
+    std::unordered_map<const ggml_tensor *, std::pair<std::shared_ptr<SegmentedCache>, LayerRegions *>> by_k;
+};
+
+Registry & registry() {
+    static Registry r;
+    return r;
+}
+
+std::atomic<uint64_t> g_epoch{ 1 };
+
+// Caller holds the registry mutex.
+void unregister_locked(Registry & r, const llama_context * ctx) {
+    auto it = r.by_ctx.find(ctx);
+    if (it == r.by_ctx.end()) {
+        return;
+    }
+    for (const auto & layer : it->second->layers) {
+        r.by_k.erase(layer->k_storage);
+    }
+    r.by_ctx.erase(it);
+    g_epoch.fetch_add(1);
+}
+
+std::shared_ptr<SegmentedCache> find_ctx(const llama_context * ctx) {
+    Registry &                  r = registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    auto                        it = r.by_ctx.find(ctx);
+    return it == r.by_ctx.end() ? nullptr : it->second;
+}
+
+int check_seq(const char * what, const llama_context * ctx, int32_t seq_id) {
+    if (ctx == nullptr) {
+        return fail(COCKTAIL_EINVAL, std::string(what) + ": ctx is NULL");
+    }
+    if (seq_id != 0) {
+        return fail(COCKTAIL_EINVAL, std::string(what) + ": seq_id " + std::to_string(seq_id) +
+                                         " is not supported (the segmented cache handles sequence 0 only)");
+    }
+    return COCKTAIL_OK;
+}
+
+// The standard KV cache of ctx (the full-attention half of an iSWA pair), or nullptr with the reason set.
+llama_kv_cache * standard_cache(llama_context * ctx, const llama_model & model) {
+    llama_memory_i * mem = llama_get_memory(ctx);
+    if (mem == nullptr) {
+        fail(COCKTAIL_EUNSUPPORTED,
+             std::string("model architecture ") + llm_arch_name(model.arch) + " has no KV cache: nothing to segment");
+        return nullptr;
+    }
+    if (auto * kv = dynamic_cast<llama_kv_cache *>(mem)) {
+        return kv;
+    }
+    if (auto * iswa = dynamic_cast<llama_kv_cache_iswa *>(mem)) {
+        return iswa->get_base();
+    }
+    fail(COCKTAIL_EUNSUPPORTED, std::string("model architecture ") + llm_arch_name(model.arch) +
+                                    " does not use the standard KV cache (recurrent, hybrid or MLA-style memory): "
+                                    "the segmented cache needs it");
+    return nullptr;
+}
+
+// Why this model/context cannot run the segmented cache (COCKTAIL_EUNSUPPORTED), or OK.
+int check_model(llama_context * ctx, const llama_model & model, llama_kv_cache * kv) {
+    const llama_hparams & hp   = model.hparams;
+    const std::string     arch = llm_arch_name(model.arch);
+    if (llama_n_seq_max(ctx) != 1 || kv->get_n_stream() != 1) {
+        return fail(COCKTAIL_EUNSUPPORTED, "the context has n_seq_max = " + std::to_string(llama_n_seq_max(ctx)) +
+                                               ": the segmented cache (v1) needs a single-sequence context");
+    }
+    if (kv->type_k() != GGML_TYPE_F16 || kv->type_v() != GGML_TYPE_F16) {
+        return fail(COCKTAIL_EUNSUPPORTED,
+                    std::string("KV cache types are type_k=") + ggml_type_name(kv->type_k()) +
+                        ", type_v=" + ggml_type_name(kv->type_v()) +
+                        ": the segmented cache stages the context in F16 (use type_k=type_v=f16)");
+    }
+    if (hp.attn_soft_cap || model.arch == LLM_ARCH_GROK) {
+        return fail(COCKTAIL_EUNSUPPORTED,
+                    "model architecture " + arch +
+                        " caps attention logits (softcap): not supported by the segmented cache (v1)");
+    }
+    if (hp.f_max_alibi_bias != 0.0f) {
+        return fail(COCKTAIL_EUNSUPPORTED,
+                    "model architecture " + arch + " uses ALiBi: not supported by the segmented cache (v1)");
+    }
+    for (uint32_t il : kv->get_layer_ids()) {
+        const ggml_tensor * k = kv->get_k_storage(static_cast<int32_t>(il));
+        if (k->buffer == nullptr || !ggml_backend_buffer_is_host(k->buffer)) {
+            return fail(COCKTAIL_EUNSUPPORTED, "layer " + std::to_string(il) +
+                                                   "'s KV cache is not in host memory: the segmented cache (v1) runs "
+                                                   "on the CPU (use n_gpu_layers=0 or offload_kqv=False)");
+        }
+        const uint32_t dk = hp.n_embd_head_k(il), dv = hp.n_embd_head_v(il);
+        if (dk != dv || dk % kGroupChannels != 0) {
+            return fail(COCKTAIL_EUNSUPPORTED, "layer " + std::to_string(il) + " has K/V head sizes " +
+                                                   std::to_string(dk) + "/" + std::to_string(dv) +
+                                                   ": the segmented cache needs equal sizes, multiples of 32");
+        }
+    }
+    return COCKTAIL_OK;
+}
+
+// Views of layer il's whole K and V cache (stream of seq 0) in host memory, as PackSources without cells.
+struct LayerViews {
+    PackSource k;
+    PackSource v;
+};
+
+LayerViews layer_views(llama_kv_cache * kv, int32_t il, uint32_t stream) {
+    ggml_init_params          ip   = { ggml_tensor_overhead() * 4, nullptr, true };
+    ggml_context *            tctx = ggml_init(ip);
+    llama_kv_cache::slot_info sinfo;
+    sinfo.s0                  = stream;
+    sinfo.s1                  = stream;
+    sinfo.strm                = { 0 };
+    sinfo.idxs                = { { 0 } };
+    const ggml_tensor * kview = kv->get_k(tctx, il, kv->get_size(), sinfo);
+    const ggml_tensor * vview = kv->get_v(tctx, il, kv->get_size(), sinfo);
+    LayerViews          out{};
+    out.k = { static_cast<const uint8_t *>(kview->data), kview->nb[2], kview->nb[0], kview->nb[1], nullptr };
+    if (vview->nb[1] > vview->nb[2]) {  // transposed V (flash attention off): [cell, head, channel] view
+        out.v = { static_cast<const uint8_t *>(vview->data), vview->nb[0], vview->nb[2], vview->nb[1], nullptr };
+    } else {
+        out.v = { static_cast<const uint8_t *>(vview->data), vview->nb[2], vview->nb[0], vview->nb[1], nullptr };
+    }
+    ggml_free(tctx);
+    return out;
+}
+
+int compact(SegmentedCache & st) {
+    const std::string what = "cocktail_compact";
+    if (st.compacted) {
+        return fail(COCKTAIL_ESTATE, what + ": sequence " + std::to_string(st.seq_id) +
+                                         " is already compacted (cocktail_clear, then a new plan and prefill)");
+    }
+    for (const auto & layer : st.layers) {
+        if (!layer->unsupported.empty()) {
+            return fail(COCKTAIL_EUNSUPPORTED,
+                        what + ": layer " + std::to_string(layer->il) + ": " + layer->unsupported);
+        }
+        if (!layer->seen) {
+            return fail(COCKTAIL_EUNSUPPORTED,
+                        what + ": layer " + std::to_string(layer->il) +
+                            "'s attention never went through the segmented-cache hook (prefill the context first; "
+                            "an architecture with a non-standard attention path is not supported)");
+        }
+    }
+    llama_synchronize(st.ctx);
+
+    // cell of every planned position
+    const int32_t          n_plan = st.n_plan_tokens();
+    std::vector<int32_t>   cell_of(static_cast<size_t>(n_plan), -1);
+    const llama_kv_cells & cells   = st.kv->get_cells(st.seq_id);
+    llama_pos              pos_max = -1;
+    for (const auto & pc : cells.seq_pos_get(st.seq_id)) {
+        const llama_pos p = pc.first;
+        pos_max           = std::max(pos_max, p);
+        if (p < st.pos0 || p >= st.pos0 + n_plan) {
+            continue;
+        }
+        int32_t & c = cell_of[static_cast<size_t>(p - st.pos0)];
+        if (c >= 0) {
+            return fail(COCKTAIL_EUNSUPPORTED,
+                        what + ": position " + std::to_string(p) +
+                            " is held by several cells (multi-position tokens are not supported)");
+        }
+        c = static_cast<int32_t>(pc.second);
+    }
+    for (int32_t i = 0; i < n_plan; ++i) {
+        if (cell_of[static_cast<size_t>(i)] < 0) {
+            return fail(COCKTAIL_ESTATE, what + ": position " + std::to_string(st.pos0 + i) + " of sequence " +
+                                             std::to_string(st.seq_id) +
+                                             " is not in the KV cache: prefill the planned context before compacting");
+        }
+    }
+    if (n_plan > 0 && pos_max < st.pos0 + n_plan) {
+        return fail(COCKTAIL_ESTATE, what + ": no token follows the planned chunks (last position " +
+                                         std::to_string(pos_max) + "): prefill the query after the context");
+    }
+
+    // cells of each region, chunks in plan order (region order is free: attention is a sum over tokens)
+    std::vector<int32_t> region_cells[kNumPrecisions];
+    for (size_t c = 0; c < st.precisions.size(); ++c) {
+        auto & dst = region_cells[st.precisions[c]];
+        for (int32_t t = 0; t < st.chunk_size; ++t) {
+            dst.push_back(cell_of[c * static_cast<size_t>(st.chunk_size) + static_cast<size_t>(t)]);
+        }
+    }
+
+    const int      n_threads = std::max(1, static_cast<int>(llama_n_threads(st.ctx)));
+    const uint32_t stream    = st.kv->get_stream(st.seq_id);
+    try {
+        for (auto & layer : st.layers) {
+            const LayerViews views = layer_views(st.kv, layer->il, stream);
+            for (int p = 0; p < kNumPrecisions; ++p) {
+                const int    n     = static_cast<int>(region_cells[p].size());
+                const size_t bytes = region_bytes(p, n, layer->n_head_kv, layer->head_dim);
+                layer->k[p].assign(bytes, 0);
+                layer->v[p].assign(bytes, 0);
+                if (n > 0) {
+                    PackSource ks = views.k, vs = views.v;
+                    ks.cells = region_cells[p].data();
+                    vs.cells = region_cells[p].data();
+                    pack_region(p, COCKTAIL_KV_K, layer->k[p].data(), n, layer->n_head_kv, layer->head_dim, ks,
+                                n_threads);
+                    pack_region(p, COCKTAIL_KV_V, layer->v[p].data(), n, layer->n_head_kv, layer->head_dim, vs,
+                                n_threads);
+                }
+                layer->regions[p] = { p, n, layer->k[p].data(), layer->v[p].data() };
+            }
+        }
+    } catch (const std::bad_alloc &) {
+        for (auto & layer : st.layers) {
+            for (int p = 0; p < kNumPrecisions; ++p) {
+                std::vector<uint8_t>().swap(layer->k[p]);
+                std::vector<uint8_t>().swap(layer->v[p]);
+                layer->regions[p] = {};
+            }
+        }
+        return fail(COCKTAIL_ENOMEM, what + ": out of memory allocating the regions");
+    }
+
+    // the staging F16 copies leave llama.cpp's cache: its mask then hides those cells and new tokens reuse them
+    if (n_plan > 0 && !st.kv->seq_rm(st.seq_id, st.pos0, st.pos0 + n_plan)) {
+        return fail(COCKTAIL_EINTERNAL, what + ": llama.cpp refused to remove positions " + std::to_string(st.pos0) +
+                                            ".." + std::to_string(st.pos0 + n_plan - 1) + " from its cache");
+    }
+    st.compacted = true;
+    g_epoch.fetch_add(1);
+    return COCKTAIL_OK;
+}
+
+}  // namespace
+}  // namespace segmented_impl
+
+void SegmentedCache::set_runtime_error(const std::string & msg) {
+    std::lock_guard<std::mutex> lock(error_mutex);
+    if (runtime_error.empty()) {
+        runtime_error = msg;
+    }
+    has_runtime_error.store(true);
+}
+
+std::pair<std::shared_ptr<SegmentedCache>, LayerRegions *> find_layer(const ggml_tensor * k_storage) {
+    segmented_impl::Registry &  r = segmented_impl::registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    auto                        it = r.by_k.find(k_storage);
+    if (it == r.by_k.end()) {
+        return { nullptr, nullptr };
+    }
+    return it->second;
+}
+
+uint64_t current_epoch() {
+    return segmented_impl::g_epoch.load();
+}
+
+}  // namespace cocktail
+
+void cocktail_context_free(const llama_context * ctx) {
+    cocktail::segmented_impl::Registry & r = cocktail::segmented_impl::registry();
+    std::lock_guard<std::mutex>          lock(r.mutex);
+    cocktail::segmented_impl::unregister_locked(r, ctx);
+}
+
+extern "C" {
+
+int cocktail_set_plan(struct llama_context * ctx,
+                      int32_t                seq_id,
+                      int32_t                pos0,
+                      int32_t                chunk_size,
+                      const uint8_t *        precisions,
+                      int32_t                n_chunks,
+                      int32_t                n_context_tokens) {
+    using namespace cocktail;
+    using namespace cocktail::segmented_impl;
+    const std::string what = "cocktail_set_plan";
+    if (int rc = check_seq(what.c_str(), ctx, seq_id); rc != COCKTAIL_OK) {
+        return rc;
+    }
+    if (chunk_size < 1 || chunk_size > 256) {
+        return fail(COCKTAIL_EINVAL, what + ": chunk_size " + std::to_string(chunk_size) + " is not in 1..256");
+    }
+    if (n_chunks < 0 || (n_chunks > 0 && precisions == nullptr)) {
+        return fail(COCKTAIL_EINVAL, what + ": n_chunks " + std::to_string(n_chunks) + " with precisions " +
+                                         (precisions ? "set" : "NULL"));
+    }
+    for (int32_t i = 0; i < n_chunks; ++i) {
+        if (!precision_valid(precisions[i])) {
+            return fail(COCKTAIL_EINVAL, what + ": precision " + std::to_string(precisions[i]) + " of chunk " +
+                                             std::to_string(i) + " is not F16 (0), Q4 (1) or Q2 (2)");
+        }
+    }
+    if (pos0 < 0) {
+        return fail(COCKTAIL_EINVAL, what + ": pos0 " + std::to_string(pos0) + " is negative");
+    }
+    const int64_t n_plan = static_cast<int64_t>(n_chunks) * chunk_size;
+    if (n_context_tokens < 0 || n_plan > n_context_tokens) {
+        return fail(COCKTAIL_EINVAL, what + ": the plan covers " + std::to_string(n_chunks) + " chunks x " +
+                                         std::to_string(chunk_size) + " = " + std::to_string(n_plan) +
+                                         " tokens, longer than the context's n_context_tokens " +
+                                         std::to_string(n_context_tokens));
+    }
+    const int64_t n_ctx = llama_n_ctx(ctx);
+    if (static_cast<int64_t>(pos0) + n_context_tokens > n_ctx) {
+        return fail(COCKTAIL_EINVAL, what + ": the context (positions " + std::to_string(pos0) + ".." +
+                                         std::to_string(static_cast<int64_t>(pos0) + n_context_tokens - 1) +
+                                         ") is longer than the llama context's n_ctx " + std::to_string(n_ctx));
+    }
+    const llama_model & model = *llama_get_model(ctx);
+    llama_kv_cache *    kv    = standard_cache(ctx, model);
+    if (kv == nullptr) {
+        return COCKTAIL_EUNSUPPORTED;  // message set
+    }
+    if (int rc = check_model(ctx, model, kv); rc != COCKTAIL_OK) {
+        return rc;
+    }
+
+    std::shared_ptr<SegmentedCache> st;
+    try {
+        st                   = std::make_shared<SegmentedCache>();
+        st->ctx              = ctx;
+        st->kv               = kv;
+        st->seq_id           = seq_id;
+        st->pos0             = pos0;
+        st->chunk_size       = chunk_size;
+        st->n_context_tokens = n_context_tokens;
+        st->precisions.assign(precisions, precisions + n_chunks);
+        for (uint32_t il : kv->get_layer_ids()) {
+            auto layer       = std::make_unique<LayerRegions>();
+            layer->owner     = st.get();
+            layer->il        = static_cast<int32_t>(il);
+            layer->n_head_kv = static_cast<int32_t>(model.hparams.n_head_kv(il));
+            layer->head_dim  = static_cast<int32_t>(model.hparams.n_embd_head_k(il));
+            layer->k_storage = kv->get_k_storage(static_cast<int32_t>(il));
+            st->layers.push_back(std::move(layer));
+        }
+    } catch (const std::bad_alloc &) {
+        return fail(COCKTAIL_ENOMEM, what + ": out of memory");
+    }
+    Registry &                  r = registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    unregister_locked(r, ctx);
+    r.by_ctx[ctx] = st;
+    for (const auto & layer : st->layers) {
+        r.by_k[layer->k_storage] = { st, layer.get() };
+    }
+    g_epoch.fetch_add(1);
+    return COCKTAIL_OK;
+}
+
+int cocktail_clear(struct llama_context * ctx, int32_t seq_id) {
+    using namespace cocktail::segmented_impl;
+    if (int rc = check_seq("cocktail_clear", ctx, seq_id); rc != COCKTAIL_OK) {
+        return rc;
+    }
+    Registry &                  r = registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    unregister_locked(r, ctx);
+    return COCKTAIL_OK;
+}
+
+int cocktail_compact(struct llama_context * ctx, int32_t seq_id) {
+    using namespace cocktail;
+    using namespace cocktail::segmented_impl;
+    if (int rc = check_seq("cocktail_compact", ctx, seq_id); rc != COCKTAIL_OK) {
+        return rc;
+    }
+    auto st = find_ctx(ctx);
+    if (st == nullptr) {
+        return fail(COCKTAIL_ESTATE, "cocktail_compact: sequence " + std::to_string(seq_id) +
+                                         " has no plan (call cocktail_set_plan before prefill)");
+    }
+    return compact(*st);
+}
+
+int cocktail_region_info(struct llama_context * ctx, int32_t layer, struct cocktail_layer_regions * out) {
+    using namespace cocktail;
+    using namespace cocktail::segmented_impl;
+    if (ctx == nullptr || out == nullptr) {
+        return fail(COCKTAIL_EINVAL, "cocktail_region_info: ctx or out is NULL");
+    }
+    const int32_t n_layer = llama_model_n_layer(llama_get_model(ctx));
+    if (layer < 0 || layer >= n_layer) {
+        return fail(COCKTAIL_EINVAL, "cocktail_region_info: layer " + std::to_string(layer) + " is not in [0, " +
+                                         std::to_string(n_layer) + ")");
+    }
+    *out    = {};
+    auto st = find_ctx(ctx);
+    if (st == nullptr) {
+        return COCKTAIL_OK;
+    }
+    for (const auto & l : st->layers) {
+        if (l->il != layer) {
+            continue;
+        }
+        out->segmented = 1;
+        out->compacted = st->compacted ? 1 : 0;
+        for (int p = 0; p < kNumPrecisions; ++p) {
+            out->n_tokens[p] = l->regions[p].n_tokens;
+            out->k_bytes[p]  = l->k[p].size();
+            out->v_bytes[p]  = l->v[p].size();
+        }
+    }
+    return COCKTAIL_OK;
+}
+
+int cocktail_check(struct llama_context * ctx) {
+    using namespace cocktail;
+    using namespace cocktail::segmented_impl;
+    if (ctx == nullptr) {
+        return fail(COCKTAIL_EINVAL, "cocktail_check: ctx is NULL");
+    }
+    auto st = find_ctx(ctx);
+    if (st == nullptr || !st->has_runtime_error.load()) {
+        return COCKTAIL_OK;
+    }
+    std::lock_guard<std::mutex> lock(st->error_mutex);
+    return fail(COCKTAIL_EINTERNAL, "segmented cache: " + st->runtime_error);
+}
+
+}  // extern "C"

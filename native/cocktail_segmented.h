@@ -1,0 +1,67 @@
+// Segmented KV cache: a sequence's plan, its per-layer Q2/Q4/F16 regions after compaction, and the registry
+// the graph hook (cocktail_graph.cpp) finds them through. Internal to libllama; the C API is in cocktail_api.h.
+#pragma once
+
+#include "cocktail_api.h"
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+struct ggml_tensor;
+struct llama_context;
+class llama_kv_cache;
+
+namespace cocktail {
+
+constexpr int kNumPrecisions = 3;  // F16, Q4, Q2: enum cocktail_precision values, also region indices
+
+struct SegmentedCache;
+
+// One attention layer of the standard cache: its regions (indexed by precision) after compaction.
+struct LayerRegions {
+    SegmentedCache *     owner     = nullptr;
+    int32_t              il        = -1;  // model layer index
+    int32_t              n_head_kv = 0;
+    int32_t              head_dim  = 0;
+    const ggml_tensor *  k_storage = nullptr;  // the cache's K tensor of this layer: how the hook finds us
+    std::vector<uint8_t> k[kNumPrecisions];
+    std::vector<uint8_t> v[kNumPrecisions];
+    cocktail_kv_region   regions[kNumPrecisions] = {};     // F16, Q4, Q2 (any order is exact)
+    float                kq_scale                = 0.0f;   // set when the graph is built
+    bool                 seen                    = false;  // this layer's attention went through cocktail_build_attn
+    std::string          unsupported;                      // first reason the hook could not take this layer
+};
+
+// The plan and regions of one sequence of one llama_context (v1: seq 0, one per context).
+struct SegmentedCache {
+    llama_context *                            ctx    = nullptr;
+    llama_kv_cache *                           kv     = nullptr;  // the standard cache (the base one of an iSWA pair)
+    int32_t                                    seq_id = 0;
+    int32_t                                    pos0   = 0;        // position of the first planned token
+    int32_t                                    chunk_size       = 0;
+    int32_t                                    n_context_tokens = 0;
+    std::vector<uint8_t>                       precisions;  // per chunk
+    bool                                       compacted = false;
+    std::vector<std::unique_ptr<LayerRegions>> layers;
+
+    std::atomic<bool> has_runtime_error{ false };
+    std::mutex        error_mutex;
+    std::string       runtime_error;
+
+    int32_t n_plan_tokens() const { return chunk_size * static_cast<int32_t>(precisions.size()); }
+
+    // Records the first error found while building or computing a graph; cocktail_check() reports it.
+    void set_runtime_error(const std::string & msg);
+};
+
+// The segmented-cache layer whose K tensor is k_storage, with its owner kept alive; {nullptr, nullptr} if none.
+std::pair<std::shared_ptr<SegmentedCache>, LayerRegions *> find_layer(const ggml_tensor * k_storage);
+
+// Bumped by every plan / compaction / clear: a graph built at another epoch is not reused.
+uint64_t current_epoch();
+
+}  // namespace cocktail
