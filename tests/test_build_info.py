@@ -96,3 +96,18 @@ def test_cuda_build_sees_a_gpu() -> None:
     if not _native.build_info()["cuda"]:
         return  # CPU build: nothing to check here
     assert any(d["type"] == "gpu" for d in _native.devices()), _native.devices()
+
+
+def test_torch_imported_first(tmp_path: Path, tiny_models: dict[str, Path], llama_kwargs: dict) -> None:
+    # torch's libraries export C++ symbols our libraries also define; loaded first, they used to be
+    # bound into libllama (segfault at model load on the CUDA build): our libraries link -Bsymbolic
+    pytest.importorskip("torch")
+    code = (
+        "import torch, cocktail_gguf; "
+        f"llm = cocktail_gguf.Llama({str(tiny_models['tiny-mha'])!r}, n_ctx=128, verbose=False, "
+        f"n_gpu_layers={llama_kwargs['n_gpu_layers']}); "
+        "print(len(llm('hello', max_tokens=4, temperature=0.0)['choices'][0]['text']) >= 0)"
+    )
+    r = _run(code, dict(os.environ), tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("True")
