@@ -99,7 +99,23 @@ def lib() -> Any:
     """The loaded cffi library object (loads libllama on first use)."""
     directory = lib_dir()
     _point_llama_cpp_at(directory)
-    return ffi.dlopen(str(_lib_file(directory)))
+    loaded = ffi.dlopen(str(_lib_file(directory)))
+    _refuse_cuda_after_torch(loaded)
+    return loaded
+
+
+def _refuse_cuda_after_torch(loaded: Any) -> None:
+    """A CUDA build loaded after a CUDA torch crashes at model load (bench/NOTES.md): say so instead."""
+    torch = sys.modules.get("torch")
+    if torch is None or getattr(getattr(torch, "version", None), "cuda", None) is None:
+        return
+    if not json.loads(ffi.string(loaded.cocktail_build_info()).decode())["cuda"]:
+        return
+    raise RuntimeError(
+        "cocktail-gguf's CUDA build must be imported before torch (a CUDA torch "
+        f"{torch.__version__} is already loaded, and its CUDA libraries would be bound into ours): "
+        "`import cocktail_gguf` first"
+    )
 
 
 def check(status: int, what: str) -> None:

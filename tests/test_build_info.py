@@ -99,9 +99,9 @@ def test_cuda_build_sees_a_gpu() -> None:
 
 
 def test_torch_imported_first(tmp_path: Path, tiny_models: dict[str, Path], llama_kwargs: dict) -> None:
-    # torch's libraries export C++ symbols our libraries also define; loaded first, they used to be
-    # bound into libllama (segfault at model load on the CUDA build): our libraries link -Bsymbolic
-    pytest.importorskip("torch")
+    # CPU build: works. CUDA build with a CUDA torch loaded first: a clear error, not the segfault at model
+    # load seen on the GPU machine (bench/NOTES.md)
+    torch = pytest.importorskip("torch")
     code = (
         "import torch, cocktail_gguf; "
         f"llm = cocktail_gguf.Llama({str(tiny_models['tiny-mha'])!r}, n_ctx=128, verbose=False, "
@@ -109,5 +109,9 @@ def test_torch_imported_first(tmp_path: Path, tiny_models: dict[str, Path], llam
         "print(len(llm('hello', max_tokens=4, temperature=0.0)['choices'][0]['text']) >= 0)"
     )
     r = _run(code, dict(os.environ), tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip().endswith("True")
+    if _native.build_info()["cuda"] and torch.version.cuda is not None:
+        assert r.returncode == 1, r.stderr[-2000:]
+        assert "must be imported before torch" in r.stderr
+    else:
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.strip().endswith("True")

@@ -24,8 +24,16 @@ python3 -c "import cocktail_gguf, json; from cocktail_gguf import _native; print
 set +e
 # The image's pytest plugins (jaxtyping, ...) import jax/torch, whose CUDA libraries loaded before
 # ours crash llama.cpp's model load (see bench/NOTES.md): run pytest without plugin autoload.
-COCKTAIL_TEST_N_GPU_LAYERS=-1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -q -p no:cacheprovider --rootdir "$repo" "$repo/tests" "$@" 2>&1 | tee "$out/pytest.log"
-rc=${PIPESTATUS[0]}
+# One process per test file: a file that runs torch (the sentence-transformers encoders) must not share
+# its process with a later GPU model load (a crash still under investigation, bench/NOTES.md).
+rc=0
+: > "$out/pytest.log"
+for f in "$repo"/tests/test_*.py; do
+  COCKTAIL_TEST_N_GPU_LAYERS=-1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -q -p no:cacheprovider \
+    --rootdir "$repo" "$f" "$@" 2>&1 | tee -a "$out/pytest.log" | tail -1 | sed "s|^|$(basename "$f"): |"
+  r=${PIPESTATUS[0]}
+  [ "$r" = 0 ] || [ "$r" = 5 ] || rc=$r
+done
 t2=$(date +%s)
 echo "tests: $((t2 - t1)) s, pytest exit $rc" | tee -a "$out/summary.txt"
 exit "$rc"
