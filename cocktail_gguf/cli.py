@@ -1,4 +1,4 @@
-"""`cocktail-gguf` command line: info, generate, plan, convert-encoder (registered in `_SUBCOMMANDS`)."""
+"""`cocktail-gguf` command line: info, generate, ask, plan, convert-encoder (registered in `_SUBCOMMANDS`)."""
 
 from __future__ import annotations
 
@@ -65,6 +65,88 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from . import _native
+    from .llama import Llama
+    from .models import default_model_path
+    from .planner_cli import _read_context
+
+    context = _read_context(args.context)
+    model = args.model or str(default_model_path())
+    n_ctx = args.n_ctx
+    if n_ctx == 0:  # just large enough: context + query + answer
+        vocab = Llama(model, vocab_only=True, verbose=False)
+        n_prompt = len(vocab.tokenize(context.encode(), add_bos=True)) + len(
+            vocab.tokenize(args.query.encode())
+        )
+        vocab.close()
+        n_ctx = n_prompt + args.max_tokens + 16
+    llm = Llama(
+        model,
+        n_ctx=n_ctx,
+        n_threads=args.threads,
+        kv_mode=args.kv_mode,
+        chunk_size=args.chunk_size,
+        alpha=args.alpha,
+        beta=args.beta,
+        encoder=args.encoder,
+        verbose=args.verbose,
+    )
+    try:
+        answer = llm.ask(context, args.query, max_tokens=args.max_tokens, temperature=args.temperature)
+    except ValueError as exc:
+        print(f"cocktail-gguf ask: {exc}", file=sys.stderr)
+        return 2
+    regions = llm.kv_regions()
+    region_bytes = sum(sum(r.k_bytes.values()) + sum(r.v_bytes.values()) for r in regions.values())
+    result: dict[str, Any] = {
+        "text": answer.text,
+        "kv_mode": args.kv_mode,
+        "n_prompt_tokens": answer.n_prompt_tokens,
+        "n_generated_tokens": len(answer.tokens),
+        "timings": answer.timings,
+        "plan": answer.plan.to_dict(include_texts=False) if answer.plan is not None else None,
+        "kv_bytes": {"llama_cache": _native.memory_bytes(llm._ctx.ctx)["kv_cache"], "regions": region_bytes},
+    }
+    llm.close()
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return 0
+    print(answer.text.strip())
+    t = answer.timings
+    print(
+        f"[{args.kv_mode}] {answer.n_prompt_tokens} prompt tokens: plan {t['plan_s']:.2f} s, "
+        f"prefill {t['prefill_s']:.2f} s, compaction {t['compaction_s'] * 1e3:.0f} ms, "
+        f"{len(answer.tokens)} tokens in {t['decode_s']:.2f} s",
+        file=sys.stderr,
+    )
+    if answer.plan is not None:
+        print(f"plan: {answer.plan.summary()}", file=sys.stderr)
+        print(f"regions: {region_bytes / 2**20:.2f} MiB", file=sys.stderr)
+    return 0
+
+
+def _add_ask(sub: argparse._SubParsersAction) -> None:
+    from .planner_cli import _number_in_unit, _positive_int
+
+    p = sub.add_parser("ask", help="answer a query about a long context with the Cocktail KV cache")
+    p.add_argument("--model", "-m", help="GGUF path (default: the embedded gemma-3-270m Q4_K_M)")
+    p.add_argument("--context", "-c", required=True, help="context text file ('-' = stdin)")
+    p.add_argument("--query", "-q", required=True)
+    p.add_argument("--kv-mode", default="cocktail", choices=["cocktail", "q4", "q2", "f16"])
+    p.add_argument("--chunk-size", type=_positive_int, default=32)
+    p.add_argument("--alpha", type=_number_in_unit, default=0.6, help="larger -> more Q2 chunks")
+    p.add_argument("--beta", type=_number_in_unit, default=0.1, help="larger -> more F16 chunks")
+    p.add_argument("--encoder", "-e", default=None, help="minilm (default) | minilm-gguf | bm25 | path")
+    p.add_argument("--max-tokens", "-n", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--n-ctx", type=int, default=0, help="context window (0 = sized to the prompt)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="answer, plan, timings and KV bytes as JSON")
+    p.add_argument("--verbose", action="store_true", help="llama.cpp's own log on stderr")
+    p.set_defaults(func=_cmd_ask)
+
+
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="versions, build options, devices")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -91,7 +173,12 @@ def _add_planner(sub: argparse._SubParsersAction) -> None:
     planner_cli.add_parser(sub)
 
 
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_generate, _add_planner]
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_info,
+    _add_generate,
+    _add_ask,
+    _add_planner,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
