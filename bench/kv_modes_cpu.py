@@ -65,7 +65,7 @@ def mixed_plan(n_tokens: int, chunk_size: int, mix: tuple[float, float, float], 
 
 
 def run_one(args: argparse.Namespace, mode: str, depth: int) -> list[dict[str, Any]]:
-    from cocktail_gguf import Llama, _native
+    from cocktail_gguf import Llama
     from cocktail_gguf.plan import Plan
 
     n_ctx = depth + 256 + args.decode
@@ -81,8 +81,7 @@ def run_one(args: argparse.Namespace, mode: str, depth: int) -> list[dict[str, A
     for _ in range(args.runs):
         answer = llm.ask(context, QUERY, plan=plan, max_tokens=args.decode, ignore_eos=True)
         runs.append(answer)
-    mem = _native.memory_bytes(llm._ctx.ctx)
-    region_bytes = sum(sum(r.k_bytes.values()) + sum(r.v_bytes.values()) for r in llm.kv_regions().values())
+    kv = llm.kv_bytes()
     llm.close()
     mix = None
     if plan is not None:
@@ -94,9 +93,9 @@ def run_one(args: argparse.Namespace, mode: str, depth: int) -> list[dict[str, A
         "impl": "llama.cpp" if mode == "f16" else "ours",
         "mix": mix,
         "depth": depth,
-        "kv_bytes": mem["kv_cache"] + region_bytes,
-        "kv_bytes_llama_cache": mem["kv_cache"],
-        "kv_bytes_regions": region_bytes,
+        "kv_bytes": kv["llama_cache"] + kv["regions"],
+        "kv_bytes_llama_cache": kv["llama_cache"],
+        "kv_bytes_regions": kv["regions"],
         "n_threads": args.threads,
     }
 

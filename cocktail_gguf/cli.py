@@ -66,7 +66,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from . import _native
     from .llama import Llama
     from .models import default_model_path
     from .planner_cli import _read_context
@@ -97,8 +96,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cocktail-gguf ask: {exc}", file=sys.stderr)
         return 2
-    regions = llm.kv_regions()
-    region_bytes = sum(sum(r.k_bytes.values()) + sum(r.v_bytes.values()) for r in regions.values())
+    kv_bytes = llm.kv_bytes()
     result: dict[str, Any] = {
         "text": answer.text,
         "kv_mode": args.kv_mode,
@@ -106,7 +104,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         "n_generated_tokens": len(answer.tokens),
         "timings": answer.timings,
         "plan": answer.plan.to_dict(include_texts=False) if answer.plan is not None else None,
-        "kv_bytes": {"llama_cache": _native.memory_bytes(llm._ctx.ctx)["kv_cache"], "regions": region_bytes},
+        "kv_bytes": kv_bytes,
     }
     llm.close()
     if args.json:
@@ -122,7 +120,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     )
     if answer.plan is not None:
         print(f"plan: {answer.plan.summary()}", file=sys.stderr)
-        print(f"regions: {region_bytes / 2**20:.2f} MiB", file=sys.stderr)
+        print(f"regions: {kv_bytes['regions'] / 2**20:.2f} MiB", file=sys.stderr)
     return 0
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from . import segmented_cache
+from . import _native, segmented_cache
 from .plan import Plan
 from .planner import validate_planner_options
 from .segmented_cache import LayerRegions
@@ -106,6 +106,11 @@ class Llama(llama_cpp.Llama):
         if self.kv_mode == "f16":
             return {}
         return segmented_cache.layer_regions(self._ctx.ctx, llama_cpp.llama_model_n_layer(self._model.model))
+
+    def kv_bytes(self) -> dict[str, int]:
+        """Allocated KV bytes: llama.cpp's own cache ("llama_cache") and our Q2/Q4/F16 regions ("regions")."""
+        regions = sum(r.total_bytes for r in self.kv_regions().values())
+        return {"llama_cache": _native.memory_bytes(self._ctx.ctx)["kv_cache"], "regions": regions}
 
     def ask(
         self,
