@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +11,7 @@ import llama_cpp
 import numpy as np
 
 from . import _native, segmented_cache
+from .f16_snapshot import F16Snapshot
 from .plan import Plan
 from .planner import validate_planner_options
 from .segmented_cache import LayerRegions
@@ -76,9 +77,15 @@ class Llama(llama_cpp.Llama):
         alpha: float = 0.6,
         beta: float = 0.1,
         encoder: Any = None,
+        keep_f16_context: bool = False,
         **kwargs: Any,
     ) -> None:
         validate_kv_options(kv_mode, chunk_size, alpha, beta)
+        if not isinstance(keep_f16_context, bool):
+            raise ValueError(f"keep_f16_context={keep_f16_context!r} must be True or False")
+        self.keep_f16_context = keep_f16_context
+        self._f16_snapshot: F16Snapshot | None = None
+        self._segmented_checked = False
         self.kv_mode = kv_mode
         self.chunk_size = chunk_size
         self.alpha = float(alpha)
@@ -90,7 +97,7 @@ class Llama(llama_cpp.Llama):
         super().__init__(model_path, *args, **kwargs)
         if kv_mode != "f16":
             try:
-                segmented_cache.check_supported(self._ctx.ctx)
+                self._check_segmented_supported()
             except BaseException:
                 self.close()
                 raise
@@ -101,9 +108,9 @@ class Llama(llama_cpp.Llama):
         return self._cocktail_plan
 
     def kv_regions(self) -> dict[int, LayerRegions]:
-        """Regions of each layer in the segmented cache, by model layer index (empty in kv_mode="f16";
-        sliding-window layers of iSWA models are not listed: they keep llama.cpp's cache)."""
-        if self.kv_mode == "f16":
+        """Regions of each layer in the segmented cache, by model layer index (empty when no segmented
+        cache was used; sliding-window layers of iSWA models are not listed: they keep llama.cpp's cache)."""
+        if not self._segmented_checked:
             return {}
         return segmented_cache.layer_regions(self._ctx.ctx, llama_cpp.llama_model_n_layer(self._model.model))
 
@@ -118,6 +125,7 @@ class Llama(llama_cpp.Llama):
         query: str,
         plan: Plan | None = None,
         *,
+        mode: str | None = None,
         max_tokens: int = 64,
         temperature: float = 0.0,
         top_k: int = 40,
@@ -134,6 +142,7 @@ class Llama(llama_cpp.Llama):
         plan: per-chunk precisions of the context's tokens (``Plan.n_context_tokens`` must be its
         token count, `cocktail_gguf.planner` tokenizes the same way); default: uniform for
         "q4" / "q2", the planner (encoder, chunk_size, alpha, beta of this Llama) for "cocktail".
+        mode: this call's kv_mode instead of the Llama's (e.g. "f16" to compare on one loaded model).
         temperature 0 is greedy. Generation stops at an end-of-generation token (unless
         ``ignore_eos``), a ``stop`` string or ``max_tokens``. ``Answer.timings`` has the seconds spent
         planning, prefilling, compacting and decoding.
@@ -142,34 +151,119 @@ class Llama(llama_cpp.Llama):
             raise ValueError(f"context={context!r} must be a string")
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query={query!r} must be a non-empty string")
+        context_ids = list(self.tokenize(context.encode("utf-8"), add_bos=False, special=False))
+        query_ids = list(self.tokenize(query.encode("utf-8"), add_bos=False, special=True))
+        return self.ask_tokens(
+            context_ids,
+            query_ids,
+            plan,
+            query_text=query,
+            mode=mode,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            stop=stop,
+            return_logits=return_logits,
+            ignore_eos=ignore_eos,
+        )
+
+    def ask_tokens(
+        self,
+        context_ids: Sequence[int],
+        query_ids: Sequence[int],
+        plan: Plan | None = None,
+        *,
+        query_text: str | None = None,
+        mode: str | None = None,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        return_logits: bool = False,
+        ignore_eos: bool = False,
+    ) -> Answer:
+        """`ask` on token ids (a BOS is put first when the model adds one); ``query_text`` is what the
+        planner embeds as the query (default: the detokenized ``query_ids``)."""
+        stream = self.ask_stream(
+            context_ids,
+            query_ids,
+            plan,
+            query_text=query_text,
+            mode=mode,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            stop=stop,
+            return_logits=return_logits,
+            ignore_eos=ignore_eos,
+        )
+        while True:
+            try:
+                next(stream)
+            except StopIteration as done:
+                answer: Answer = done.value
+                return answer
+
+    def ask_stream(
+        self,
+        context_ids: Sequence[int],
+        query_ids: Sequence[int],
+        plan: Plan | None = None,
+        *,
+        query_text: str | None = None,
+        mode: str | None = None,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        return_logits: bool = False,
+        ignore_eos: bool = False,
+    ) -> Generator[int, None, Answer]:
+        """`ask_tokens` as a generator: yields each generated token id, returns the `Answer`.
+
+        A token that completes a ``stop`` string is not yielded."""
+        mode = self.kv_mode if mode is None else mode
+        if not isinstance(mode, str) or mode not in KV_MODES:
+            raise ValueError(f"mode={mode!r} is not one of {', '.join(KV_MODES)}")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
             raise ValueError(f"max_tokens={max_tokens!r} must be a non-negative integer")
         if plan is not None and not isinstance(plan, Plan):
             raise ValueError(f"plan={plan!r} is not a cocktail_gguf Plan")
-        if plan is not None and self.kv_mode == "f16":
+        if plan is not None and mode == "f16":
             raise ValueError(
                 "plan given with kv_mode='f16', which keeps llama.cpp's cache: use kv_mode='cocktail'"
             )
+        if not query_ids:
+            raise ValueError("the query has no tokens")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-
-        context_ids = list(self.tokenize(context.encode("utf-8"), add_bos=False, special=False))
-        query_ids = list(self.tokenize(query.encode("utf-8"), add_bos=False, special=True))
+        context_ids = [int(t) for t in context_ids]
         prefix = [self.token_bos()] if self._model.add_bos_token() else []
-        prompt = prefix + context_ids + query_ids
+        prompt = prefix + context_ids + [int(t) for t in query_ids]
         if len(prompt) + max_tokens > self.n_ctx():
             raise ValueError(
                 f"{len(prompt)} prompt tokens + max_tokens={max_tokens} do not fit n_ctx={self.n_ctx()}"
             )
-        t0 = time.perf_counter()
-        plan = self._plan_for(context_ids, query, plan)
-        t1 = time.perf_counter()
+        if mode != "f16":
+            self._check_segmented_supported()
+        if query_text is None:
+            query_text = self.detokenize(list(query_ids)).decode("utf-8", errors="replace")
 
-        self._clear_cache()
-        if plan is not None:
-            segmented_cache.set_plan(self._ctx.ctx, plan, pos0=len(prefix))
-            self._segmented_active = True
-        self._cocktail_plan = plan
-        self.eval(prompt)
+        t0 = time.perf_counter()
+        plan = self._plan_for(context_ids, query_text, plan, mode)
+        t1 = time.perf_counter()
+        self._prefill(prompt, len(prefix) + len(context_ids), plan, pos0=len(prefix))
         t2 = time.perf_counter()
         if plan is not None:
             segmented_cache.compact(self._ctx.ctx)
@@ -194,6 +288,7 @@ class Llama(llama_cpp.Llama):
             tokens.append(token)
             if stops and _first_stop(self.detokenize(tokens).decode("utf-8", errors="replace"), stops) >= 0:
                 break
+            yield token
             self.eval([token])
             n_decoded += 1
         t4 = time.perf_counter()
@@ -216,8 +311,40 @@ class Llama(llama_cpp.Llama):
             text=text, tokens=tokens, plan=plan, n_prompt_tokens=len(prompt), logits=logits, timings=timings
         )
 
-    def _plan_for(self, context_ids: list[int], query: str, plan: Plan | None) -> Plan | None:
-        if self.kv_mode == "f16":
+    def _prefill(self, prompt: list[int], n_keep: int, plan: Plan | None, pos0: int) -> None:
+        """Clears the cache, sets the plan, and evaluates ``prompt``; with ``keep_f16_context`` the first
+        ``n_keep`` tokens (BOS + context) come from / go to the host-RAM F16 copy."""
+        self._clear_cache()
+        if plan is not None:
+            segmented_cache.set_plan(self._ctx.ctx, plan, pos0=pos0)
+            self._segmented_active = True
+        self._cocktail_plan = plan
+        done = 0
+        snapshot = self._f16_snapshot
+        if snapshot is not None and snapshot.covers(prompt):
+            snapshot.restore(self._ctx.ctx)
+            done = len(snapshot.tokens)
+            self.input_ids[:done] = snapshot.tokens
+            self.n_tokens = done
+        if self.keep_f16_context and n_keep > done:
+            self.eval(prompt[done:n_keep])
+            self._f16_snapshot = None  # the old copy is freed before the new one is made
+            self._f16_snapshot = F16Snapshot.save(self._ctx.ctx, prompt[:n_keep])
+            done = n_keep
+        self.eval(prompt[done:])
+
+    @property
+    def f16_snapshot_bytes(self) -> int:
+        """Host-RAM bytes of the kept F16 copy of the last context (0 without ``keep_f16_context``)."""
+        return self._f16_snapshot.nbytes if self._f16_snapshot is not None else 0
+
+    def _check_segmented_supported(self) -> None:
+        if not self._segmented_checked:
+            segmented_cache.check_supported(self._ctx.ctx)
+            self._segmented_checked = True
+
+    def _plan_for(self, context_ids: list[int], query: str, plan: Plan | None, mode: str) -> Plan | None:
+        if mode == "f16":
             return None
         if plan is not None:
             if plan.n_context_tokens != len(context_ids):
@@ -226,8 +353,8 @@ class Llama(llama_cpp.Llama):
                     f"{len(context_ids)} tokens"
                 )
             return plan
-        if self.kv_mode in ("q4", "q2"):
-            return Plan.uniform(len(context_ids), self.chunk_size, self.kv_mode)
+        if mode in ("q4", "q2"):
+            return Plan.uniform(len(context_ids), self.chunk_size, mode)
         if self._planner is None:
             try:
                 from .planner import Planner
@@ -245,7 +372,7 @@ class Llama(llama_cpp.Llama):
 
     def _clear_cache(self) -> None:
         """Empties llama.cpp's cache and drops the segmented cache's plan and regions."""
-        if self.kv_mode != "f16":
+        if self._segmented_checked:
             segmented_cache.clear(self._ctx.ctx)
         self._segmented_active = False
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)

@@ -30,6 +30,9 @@ struct Registry {
     std::mutex                                                                                          mutex;
     std::unordered_map<const llama_context *, std::shared_ptr<SegmentedCache>>                          by_ctx;
     std::unordered_map<const ggml_tensor *, std::pair<std::shared_ptr<SegmentedCache>, LayerRegions *>> by_k;
+    // layers of a context whose attention went through the hook under an earlier plan (il -> unsupported reason):
+    // a new plan over a restored F16 cache (no graph built since) can then be compacted
+    std::unordered_map<const llama_context *, std::unordered_map<int32_t, std::string>> hooked;
 };
 
 Registry & registry() {
@@ -45,8 +48,12 @@ void unregister_locked(Registry & r, const llama_context * ctx) {
     if (it == r.by_ctx.end()) {
         return;
     }
+    auto & hooked = r.hooked[ctx];
     for (const auto & layer : it->second->layers) {
         r.by_k.erase(layer->k_storage);
+        if (layer->seen) {
+            hooked[layer->il] = layer->unsupported;
+        }
     }
     r.by_ctx.erase(it);
     g_epoch.fetch_add(1);
@@ -291,6 +298,7 @@ void cocktail_context_free(const llama_context * ctx) {
     cocktail::segmented_impl::Registry & r = cocktail::segmented_impl::registry();
     std::lock_guard<std::mutex>          lock(r.mutex);
     cocktail::segmented_impl::unregister_locked(r, ctx);
+    r.hooked.erase(ctx);
 }
 
 extern "C" {
@@ -371,9 +379,14 @@ int cocktail_set_plan(struct llama_context * ctx,
     Registry &                  r = registry();
     std::lock_guard<std::mutex> lock(r.mutex);
     unregister_locked(r, ctx);
-    r.by_ctx[ctx] = st;
+    r.by_ctx[ctx]       = st;
+    const auto & hooked = r.hooked[ctx];
     for (const auto & layer : st->layers) {
         r.by_k[layer->k_storage] = { st, layer.get() };
+        if (auto h = hooked.find(layer->il); h != hooked.end()) {
+            layer->seen        = true;
+            layer->unsupported = h->second;
+        }
     }
     g_epoch.fetch_add(1);
     return COCKTAIL_OK;
