@@ -1,4 +1,5 @@
-"""`cocktail-gguf` command line: info, generate, ask, plan, convert-encoder (registered in `_SUBCOMMANDS`)."""
+"""`cocktail-gguf` command line: info, generate, ask, chat, bench, serve, plan, convert-encoder
+(registered in `_SUBCOMMANDS`)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,38 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_llama_options(p: argparse.ArgumentParser) -> None:
+    """The options `llama_from_args` reads: model, Cocktail KV cache, threads, llama.cpp's log."""
+    from .llama import KV_MODES
+    from .planner_cli import _number_in_unit, _positive_int
+
+    p.add_argument("--model", "-m", help="GGUF path (default: the embedded gemma-3-270m Q4_K_M)")
+    p.add_argument("--kv-mode", default="cocktail", choices=KV_MODES)
+    p.add_argument("--chunk-size", type=_positive_int, default=32)
+    p.add_argument("--alpha", type=_number_in_unit, default=0.6, help="larger -> more Q2 chunks")
+    p.add_argument("--beta", type=_number_in_unit, default=0.1, help="larger -> more F16 chunks")
+    p.add_argument("--encoder", "-e", default=None, help="minilm (default) | minilm-gguf | bm25 | path")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--verbose", action="store_true", help="llama.cpp's own log on stderr")
+
+
+def llama_from_args(args: argparse.Namespace, model: str, n_ctx: int) -> Any:
+    """`cocktail_gguf.Llama` built from the options of `add_llama_options`."""
+    from .llama import Llama
+
+    return Llama(
+        model,
+        n_ctx=n_ctx,
+        n_threads=args.threads,
+        kv_mode=args.kv_mode,
+        chunk_size=args.chunk_size,
+        alpha=args.alpha,
+        beta=args.beta,
+        encoder=args.encoder,
+        verbose=args.verbose,
+    )
+
+
 def _cmd_ask(args: argparse.Namespace) -> int:
     from .llama import Llama
     from .models import default_model_path
@@ -80,17 +113,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         )
         vocab.close()
         n_ctx = n_prompt + args.max_tokens + 16
-    llm = Llama(
-        model,
-        n_ctx=n_ctx,
-        n_threads=args.threads,
-        kv_mode=args.kv_mode,
-        chunk_size=args.chunk_size,
-        alpha=args.alpha,
-        beta=args.beta,
-        encoder=args.encoder,
-        verbose=args.verbose,
-    )
+    llm = llama_from_args(args, model, n_ctx)
     try:
         answer = llm.ask(context, args.query, max_tokens=args.max_tokens, temperature=args.temperature)
     except ValueError as exc:
@@ -125,23 +148,14 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _add_ask(sub: argparse._SubParsersAction) -> None:
-    from .planner_cli import _number_in_unit, _positive_int
-
     p = sub.add_parser("ask", help="answer a query about a long context with the Cocktail KV cache")
-    p.add_argument("--model", "-m", help="GGUF path (default: the embedded gemma-3-270m Q4_K_M)")
+    add_llama_options(p)
     p.add_argument("--context", "-c", required=True, help="context text file ('-' = stdin)")
     p.add_argument("--query", "-q", required=True)
-    p.add_argument("--kv-mode", default="cocktail", choices=["cocktail", "q4", "q2", "f16"])
-    p.add_argument("--chunk-size", type=_positive_int, default=32)
-    p.add_argument("--alpha", type=_number_in_unit, default=0.6, help="larger -> more Q2 chunks")
-    p.add_argument("--beta", type=_number_in_unit, default=0.1, help="larger -> more F16 chunks")
-    p.add_argument("--encoder", "-e", default=None, help="minilm (default) | minilm-gguf | bm25 | path")
     p.add_argument("--max-tokens", "-n", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--n-ctx", type=int, default=0, help="context window (0 = sized to the prompt)")
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="answer, plan, timings and KV bytes as JSON")
-    p.add_argument("--verbose", action="store_true", help="llama.cpp's own log on stderr")
     p.set_defaults(func=_cmd_ask)
 
 
@@ -171,10 +185,53 @@ def _add_planner(sub: argparse._SubParsersAction) -> None:
     planner_cli.add_parser(sub)
 
 
+def _add_chat(sub: argparse._SubParsersAction) -> None:
+    from . import chat_cli
+
+    chat_cli.add_parser(sub)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from . import kv_bench
+
+    kv_bench.add_parser(sub)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from .eval import cli as eval_cli
+
+    eval_cli.add_parser(sub)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from . import server
+    except ImportError as exc:
+        print(
+            f"cocktail-gguf serve: {exc}; install the server extra: pip install 'cocktail-gguf[server]'",
+            file=sys.stderr,
+        )
+        return 1
+    return server.main(args.passthrough, prog="cocktail-gguf serve")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    # the server's options come from its pydantic settings (cocktail_gguf.server), parsed there, so that
+    # the other commands do not need the server extra
+    p = sub.add_parser(
+        "serve", add_help=False, help="OpenAI-compatible HTTP server (`cocktail-gguf serve --help`)"
+    )
+    p.set_defaults(func=_cmd_serve, passthrough=[])
+
+
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_generate,
     _add_ask,
+    _add_chat,
+    _add_bench,
+    _add_eval,
+    _add_serve,
     _add_planner,
 ]
 
@@ -188,7 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not hasattr(args, "passthrough"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if hasattr(args, "passthrough"):
+        args.passthrough = rest
     return int(args.func(args))
 
 

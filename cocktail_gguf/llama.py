@@ -10,7 +10,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from . import _native, segmented_cache
+from . import _native, completion, segmented_cache
 from .f16_snapshot import F16Snapshot
 from .plan import Plan
 from .planner import validate_planner_options
@@ -86,6 +86,8 @@ class Llama(llama_cpp.Llama):
         self.keep_f16_context = keep_f16_context
         self._f16_snapshot: F16Snapshot | None = None
         self._segmented_checked = False
+        self._chat_query: str | None = None
+        self._last_answer_info: dict[str, Any] | None = None
         self.kv_mode = kv_mode
         self.chunk_size = chunk_size
         self.alpha = float(alpha)
@@ -234,39 +236,10 @@ class Llama(llama_cpp.Llama):
         """`ask_tokens` as a generator: yields each generated token id, returns the `Answer`.
 
         A token that completes a ``stop`` string is not yielded."""
-        mode = self.kv_mode if mode is None else mode
-        if not isinstance(mode, str) or mode not in KV_MODES:
-            raise ValueError(f"mode={mode!r} is not one of {', '.join(KV_MODES)}")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
             raise ValueError(f"max_tokens={max_tokens!r} must be a non-negative integer")
-        if plan is not None and not isinstance(plan, Plan):
-            raise ValueError(f"plan={plan!r} is not a cocktail_gguf Plan")
-        if plan is not None and mode == "f16":
-            raise ValueError(
-                "plan given with kv_mode='f16', which keeps llama.cpp's cache: use kv_mode='cocktail'"
-            )
-        if not query_ids:
-            raise ValueError("the query has no tokens")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        context_ids = [int(t) for t in context_ids]
-        prefix = [self.token_bos()] if self._model.add_bos_token() else []
-        prompt = prefix + context_ids + [int(t) for t in query_ids]
-        if len(prompt) + max_tokens > self.n_ctx():
-            raise ValueError(
-                f"{len(prompt)} prompt tokens + max_tokens={max_tokens} do not fit n_ctx={self.n_ctx()}"
-            )
-        if mode != "f16":
-            self._check_segmented_supported()
-        if query_text is None:
-            query_text = self.detokenize(list(query_ids)).decode("utf-8", errors="replace")
-
-        t0 = time.perf_counter()
-        plan = self._plan_for(context_ids, query_text, plan, mode)
-        t1 = time.perf_counter()
-        self._prefill(prompt, len(prefix) + len(context_ids), plan, pos0=len(prefix))
-        t2 = time.perf_counter()
-        if plan is not None:
-            segmented_cache.compact(self._ctx.ctx)
+        plan, timings = self._load_context(context_ids, query_ids, plan, query_text, mode, max_tokens)
         t3 = time.perf_counter()
 
         sampler = self._init_sampler(
@@ -300,16 +273,101 @@ class Llama(llama_cpp.Llama):
         logits = None
         if return_logits:
             logits = np.stack(rows) if rows else np.zeros((0, n_vocab), dtype=np.float32)
-        timings = {
-            "plan_s": t1 - t0,
-            "prefill_s": t2 - t1,
-            "compaction_s": t3 - t2,
-            "decode_s": t4 - t3,
-            "n_decoded": float(n_decoded),
-        }
+        timings.update(decode_s=t4 - t3, n_decoded=float(n_decoded))
         return Answer(
-            text=text, tokens=tokens, plan=plan, n_prompt_tokens=len(prompt), logits=logits, timings=timings
+            text=text,
+            tokens=tokens,
+            plan=plan,
+            n_prompt_tokens=self.n_tokens - n_decoded,
+            logits=logits,
+            timings=timings,
         )
+
+    def load_context(
+        self,
+        context_ids: Sequence[int],
+        query_ids: Sequence[int],
+        plan: Plan | None = None,
+        *,
+        query_text: str | None = None,
+        mode: str | None = None,
+    ) -> Plan | None:
+        """The first half of `ask_tokens`: plans, prefills BOS + context + query and compacts the context
+        into its regions; the cache is then ready for decoding (e.g. `next_token_logprobs`). Returns
+        the plan (None in mode "f16")."""
+        return self._load_context(context_ids, query_ids, plan, query_text, mode, 0)[0]
+
+    def _load_context(
+        self,
+        context_ids: Sequence[int],
+        query_ids: Sequence[int],
+        plan: Plan | None,
+        query_text: str | None,
+        mode: str | None,
+        max_tokens: int,
+    ) -> tuple[Plan | None, dict[str, float]]:
+        mode = self.kv_mode if mode is None else mode
+        if not isinstance(mode, str) or mode not in KV_MODES:
+            raise ValueError(f"mode={mode!r} is not one of {', '.join(KV_MODES)}")
+        if plan is not None and not isinstance(plan, Plan):
+            raise ValueError(f"plan={plan!r} is not a cocktail_gguf Plan")
+        if plan is not None and mode == "f16":
+            raise ValueError(
+                "plan given with kv_mode='f16', which keeps llama.cpp's cache: use kv_mode='cocktail'"
+            )
+        if not query_ids:
+            raise ValueError("the query has no tokens")
+        context_ids = [int(t) for t in context_ids]
+        prefix = [self.token_bos()] if self._model.add_bos_token() else []
+        prompt = prefix + context_ids + [int(t) for t in query_ids]
+        if len(prompt) + max_tokens > self.n_ctx():
+            raise ValueError(
+                f"{len(prompt)} prompt tokens + max_tokens={max_tokens} do not fit n_ctx={self.n_ctx()}"
+            )
+        if mode != "f16":
+            self._check_segmented_supported()
+        if query_text is None:
+            query_text = self.detokenize(list(query_ids)).decode("utf-8", errors="replace")
+
+        t0 = time.perf_counter()
+        plan = self._plan_for(context_ids, query_text, plan, mode)
+        t1 = time.perf_counter()
+        self._prefill(prompt, len(prefix) + len(context_ids), plan, pos0=len(prefix))
+        t2 = time.perf_counter()
+        if plan is not None:
+            segmented_cache.compact(self._ctx.ctx)
+        t3 = time.perf_counter()
+        return plan, {"plan_s": t1 - t0, "prefill_s": t2 - t1, "compaction_s": t3 - t2}
+
+    def next_token_logprobs(self, tokens: Sequence[int], batch_size: int = 256) -> np.ndarray:
+        """Evaluates ``tokens`` after what the cache holds; returns log p(tokens[i + 1] | all before) for
+        i in 0..len(tokens)-2 (float64), the teacher-forced scores that perplexity is made of."""
+        ids = [int(t) for t in tokens]
+        if len(ids) + self.n_tokens > self.n_ctx():
+            raise ValueError(f"{len(ids)} tokens after {self.n_tokens} do not fit n_ctx={self.n_ctx()}")
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int)
+            or not 1 <= batch_size <= self.n_batch
+        ):
+            raise ValueError(f"batch_size={batch_size!r} must be an integer in 1..n_batch={self.n_batch}")
+        n_vocab = self.n_vocab()
+        out = np.zeros(max(0, len(ids) - 1), dtype=np.float64)
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start : start + batch_size]
+            self._batch.set_batch(batch=chunk, n_past=self.n_tokens, logits_all=True)
+            self._ctx.decode(self._batch)
+            self.input_ids[self.n_tokens : self.n_tokens + len(chunk)] = chunk
+            self.n_tokens += len(chunk)
+            logits = np.ctypeslib.as_array(self._ctx.get_logits(), shape=(len(chunk), n_vocab))
+            top = logits.max(axis=1, keepdims=True)
+            lse = np.log(np.exp(logits - top).sum(axis=1, dtype=np.float64)) + top[:, 0]
+            nxt = ids[start + 1 : start + len(chunk) + 1]
+            rows = np.arange(len(nxt))
+            out[start : start + len(nxt)] = logits[rows, nxt].astype(np.float64) - lse[: len(nxt)]
+        if self._segmented_active:
+            segmented_cache.check(self._ctx.ctx)
+        return out
 
     def _prefill(self, prompt: list[int], n_keep: int, plan: Plan | None, pos0: int) -> None:
         """Clears the cache, sets the plan, and evaluates ``prompt``; with ``keep_f16_context`` the first
@@ -380,6 +438,72 @@ class Llama(llama_cpp.Llama):
             llama_cpp.llama_memory_clear(mem, True)
         self.n_tokens = 0
         self._requires_eval = True
+
+    # --- OpenAI-style entry points (cocktail_gguf.completion has the rules) ----------------------------
+    def create_completion(
+        self,
+        prompt: str | list[int],
+        *args: Any,
+        cocktail_query: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """llama-cpp-python's `create_completion`; with a segmented kv_mode the query is ``cocktail_query``
+        (default: the prompt's last non-empty line), the text before it the context, and the response
+        has a "cocktail" entry (plan summary, KV bytes, timings)."""
+        query = cocktail_query if cocktail_query is not None else self._chat_query
+        if self.kv_mode == "f16":
+            if cocktail_query is not None:
+                raise ValueError(
+                    f"cocktail_query={cocktail_query!r} given with kv_mode='f16' (no plan is made)"
+                )
+            return super().create_completion(prompt, *args, **kwargs)
+        if args:
+            raise TypeError("pass create_completion's options by keyword with the segmented KV cache")
+        options = {
+            "max_tokens": kwargs.pop("max_tokens", 16),
+            "temperature": kwargs.pop("temperature", 0.8),
+            "top_p": kwargs.pop("top_p", 0.95),
+            "top_k": kwargs.pop("top_k", 40),
+            "min_p": kwargs.pop("min_p", 0.05),
+            "repeat_penalty": kwargs.pop("repeat_penalty", 1.0),
+            "stop": kwargs.pop("stop", None),
+            "stream": kwargs.pop("stream", False),
+        }
+        completion.check_sampling_args(kwargs)
+        return completion.create_completion(self, prompt, cocktail_query=query, **options)
+
+    def __call__(self, prompt: str | list[int], *args: Any, **kwargs: Any) -> Any:
+        return self.create_completion(prompt, *args, **kwargs)
+
+    def create_chat_completion(
+        self,
+        messages: list[Any],
+        *args: Any,
+        cocktail_query: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """llama-cpp-python's `create_chat_completion`; with a segmented kv_mode the last user message (or
+        ``cocktail_query``) is the query, everything before it the context. Each call plans again for
+        its own query: a new turn never decodes from a cache planned for an older one. The response (the
+        last chunk when streaming) has a "cocktail" entry: plan summary, KV bytes, timings."""
+        if self.kv_mode == "f16":
+            if cocktail_query is not None:
+                raise ValueError(
+                    f"cocktail_query={cocktail_query!r} given with kv_mode='f16' (no plan is made)"
+                )
+            return super().create_chat_completion(messages, *args, **kwargs)
+        self._chat_query = (
+            cocktail_query if cocktail_query is not None else completion.last_user_text(messages)
+        )
+        self._last_answer_info = None
+        try:
+            result = super().create_chat_completion(messages, *args, **kwargs)
+        finally:
+            self._chat_query = None
+        if not kwargs.get("stream", False):
+            result["cocktail"] = self._last_answer_info
+            return result
+        return completion.tag_last_chunk(result, lambda: self._last_answer_info)
 
     # llama-cpp-python's own entry points (create_completion, generate, ...) run after an ask() on a clean
     # cache: its prefix reuse does not know that the context moved into the regions.

@@ -100,3 +100,28 @@ def test_bad_mode_and_option(tiny_models: dict[str, Path], llama_kwargs: dict) -
     with pytest.raises(ValueError, match="plan given with kv_mode='f16'"):
         llm.ask(CONTEXT, QUERIES[0], mode="f16", plan=Plan.uniform(32, CHUNK, "q2"))
     llm.close()
+
+
+@pytest.mark.parametrize("mode", ["f16", "mixed"])
+def test_next_token_logprobs_match_decode_steps(
+    tiny_models: dict[str, Path], llama_kwargs: dict, mode: str
+) -> None:
+    """Teacher-forced scores of a batch after the compacted context = the decode steps' own logits
+    (the batch path of the mixed-region op against its one-token path)."""
+    llm = _llm(tiny_models["tiny-gqa"], llama_kwargs, keep_f16_context=True)
+    ids = llm.tokenize(CONTEXT.encode(), add_bos=False)
+    query = llm.tokenize(QUERIES[0].encode(), add_bos=False)
+    plan = _plans(len(ids))["mixed"] if mode == "mixed" else None
+    call_mode = "f16" if plan is None else "cocktail"
+    ans = llm.ask_tokens(ids, query, plan, mode=call_mode, max_tokens=24, ignore_eos=True, return_logits=True)
+    assert len(ans.tokens) == 24
+    assert llm.load_context(ids, query, plan, mode=call_mode) is plan
+    got = llm.next_token_logprobs(ans.tokens, batch_size=5)
+    rows = ans.logits[1:].astype(np.float64)
+    top = rows.max(axis=1, keepdims=True)
+    want = rows[np.arange(23), ans.tokens[1:]] - (np.log(np.exp(rows - top).sum(axis=1)) + top[:, 0])
+    assert got.shape == (23,)
+    assert np.abs(got - want).max() < F16_LOGIT_TOL
+    with pytest.raises(ValueError, match="batch_size=0"):
+        llm.next_token_logprobs(ans.tokens, batch_size=0)
+    llm.close()
