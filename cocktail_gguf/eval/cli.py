@@ -38,6 +38,10 @@ def _csv(kind: type, allowed: tuple[str, ...] | None = None) -> Any:
     return parse
 
 
+def _tasks(text: str) -> list[str]:
+    return [] if text.strip() == "none" else list(_csv(str, TASKS)(text))
+
+
 def _methods(text: str) -> list[str]:
     names = _csv(str)(text)
     for n in names:
@@ -104,13 +108,15 @@ def main(args: argparse.Namespace) -> int:
             raise SystemExit(f"cocktail-gguf eval: --{name.replace('_', '-')}={value} must be positive")
     if args.perplexity_windows < 0:
         raise SystemExit(f"cocktail-gguf eval: --perplexity-windows={args.perplexity_windows} must be >= 0")
+    if not args.tasks and not args.perplexity_windows:
+        raise SystemExit("cocktail-gguf eval: --tasks none without --perplexity-windows: nothing to do")
     if any(n < 256 for n in args.lengths):
         raise SystemExit(f"cocktail-gguf eval: --lengths={args.lengths}: each length must be >= 256 tokens")
     model = Path(args.model) if args.model else default_model_path()
     if not model.is_file():
         raise SystemExit(f"cocktail-gguf eval: --model {str(model)!r} does not exist")
     docs = load_corpus(args.corpus)
-    n_ctx = max(max(args.lengths) + 256, args.perplexity_window + 64)
+    n_ctx = max(max(args.lengths) + 256 if args.tasks else 0, args.perplexity_window + 64)
 
     def say(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
