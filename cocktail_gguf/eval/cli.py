@@ -58,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", "-m", help="GGUF path (default: the embedded gemma-3-270m Q4_K_M)")
     p.add_argument(
-        "--tasks", type=_csv(str, TASKS), default=list(TASKS), help=f"comma list of {', '.join(TASKS)}"
+        "--tasks", type=_tasks, default=list(TASKS), help=f"comma list of {', '.join(TASKS)}, or none"
     )
     p.add_argument("--lengths", type=_csv(int), default=[4096], help="context lengths in tokens (comma list)")
     p.add_argument("--samples", "-n", type=int, default=10, help="samples per task and length")
