@@ -50,6 +50,22 @@ class Answer:
         return self.text
 
 
+class CocktailState(llama_cpp.LlamaState):
+    """A `llama_cpp.LlamaState` plus the segmented cache's plan and regions (picklable)."""
+
+    def __init__(self, base: llama_cpp.LlamaState, segmented: bytes, plan: Plan | None) -> None:
+        super().__init__(
+            input_ids=base.input_ids,
+            scores=base.scores,
+            n_tokens=base.n_tokens,
+            llama_state=base.llama_state,
+            llama_state_size=base.llama_state_size,
+            seed=base.seed,
+        )
+        self.segmented = segmented
+        self.plan = plan
+
+
 def _first_stop(text: str, stops: list[str]) -> int:
     """Index where the earliest stop string starts in text, -1 if none does."""
     hits = [text.index(s) for s in stops if s and s in text]
@@ -517,12 +533,27 @@ class Llama(llama_cpp.Llama):
             self._clear_cache()
         super().reset()
 
-    def save_state(self) -> Any:
-        if self._segmented_active:
-            raise NotImplementedError(
-                "save_state() after ask() with a segmented cache: the Q2/Q4/F16 regions are not saved (v1)"
-            )
-        return super().save_state()
+    def save_state(self) -> llama_cpp.LlamaState:
+        """llama-cpp-python's state; with a segmented cache in use also its plan and Q2/Q4/F16 regions
+        (a `CocktailState`), so `load_state` continues exactly where this left off."""
+        base = super().save_state()
+        if not self._segmented_active:
+            return base
+        return CocktailState(base, segmented_cache.state_bytes(self._ctx.ctx), self._cocktail_plan)
+
+    def load_state(self, state: llama_cpp.LlamaState) -> None:
+        segmented = state.segmented if isinstance(state, CocktailState) else b""
+        if segmented:
+            self._check_segmented_supported()
+        super().load_state(state)
+        if self._segmented_checked:
+            try:
+                segmented_cache.restore_state(self._ctx.ctx, segmented)
+            except BaseException:
+                self._clear_cache()  # llama.cpp's half alone would decode without the context
+                raise
+        self._segmented_active = bool(segmented)
+        self._cocktail_plan = state.plan if isinstance(state, CocktailState) else None
 
     def close(self) -> None:
         # __init__ may raise before llama_cpp.Llama set up its resources (bad options above);

@@ -93,3 +93,25 @@ def layer_regions(ctx: Any, n_layer: int) -> dict[int, LayerRegions]:
             v_bytes={p: int(info.v_bytes[i]) for i, p in enumerate(PRECISIONS)},
         )
     return out
+
+
+def state_bytes(ctx: Any) -> bytes:
+    """Sequence 0's plan and regions as bytes (empty without a plan); llama.cpp's state does not hold them."""
+    ptr = _ctx_ptr(ctx)
+    size = _native.ffi.new("size_t *", 0)
+    _native.check(_native.lib().cocktail_state_get(ptr, SEQ_ID, _native.ffi.NULL, size), "cocktail_state_get")
+    if size[0] == 0:
+        return b""
+    buf = _native.ffi.new("uint8_t[]", size[0])
+    _native.check(_native.lib().cocktail_state_get(ptr, SEQ_ID, buf, size), "cocktail_state_get")
+    return bytes(_native.ffi.buffer(buf, size[0]))
+
+
+def restore_state(ctx: Any, data: bytes) -> None:
+    """Replaces sequence 0's plan and regions with what `state_bytes` returned (b"" drops them)."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise ValueError(f"segmented-cache state must be bytes, not {type(data).__name__}")
+    buf = _native.ffi.from_buffer("uint8_t[]", data) if data else _native.ffi.NULL
+    _native.check(
+        _native.lib().cocktail_state_set(_ctx_ptr(ctx), SEQ_ID, buf, len(data)), "cocktail_state_set"
+    )

@@ -160,6 +160,12 @@ COCKTAIL_API int cocktail_compact(struct llama_context * ctx, int32_t seq_id);
 COCKTAIL_API int cocktail_region_info(struct llama_context * ctx, int32_t layer, struct cocktail_layer_regions * out);
 // COCKTAIL_EINTERNAL with the message if a graph build or attention op of this context hit an error since its plan.
 COCKTAIL_API int cocktail_check(struct llama_context * ctx);
+// Serializes seq_id's plan and regions (llama.cpp's own state does not hold them; save both). *size: dst's capacity
+// in, bytes written out; dst NULL: *size gets the bytes needed. No plan: 0 bytes.
+COCKTAIL_API int cocktail_state_get(struct llama_context * ctx, int32_t seq_id, uint8_t * dst, size_t * size);
+// Restores what cocktail_state_get wrote for a context of the same model: replaces seq_id's plan and regions
+// (restore llama.cpp's state of the same moment too). size 0 drops them (as cocktail_clear).
+COCKTAIL_API int cocktail_state_set(struct llama_context * ctx, int32_t seq_id, const uint8_t * src, size_t size);
 // ---- end segmented cache ----
 
 #ifdef __cplusplus

@@ -14,6 +14,7 @@
 #include "llama.h"
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <new>
 #include <string>
@@ -460,6 +461,183 @@ int cocktail_check(struct llama_context * ctx) {
     }
     std::lock_guard<std::mutex> lock(st->error_mutex);
     return fail(COCKTAIL_EINTERNAL, "segmented cache: " + st->runtime_error);
+}
+
+}  // extern "C"
+
+// Named namespace: unity build (see above).
+namespace cocktail::state_impl {
+
+constexpr uint32_t kStateMagic = 0x31534b43;  // "CKS1"
+
+struct StateWriter {
+    uint8_t * dst;
+    size_t    cap;
+    size_t    n = 0;
+
+    void bytes(const void * p, size_t len) {
+        if (dst != nullptr && n + len <= cap) {
+            std::memcpy(dst + n, p, len);
+        }
+        n += len;
+    }
+
+    template <typename T> void put(T v) { bytes(&v, sizeof(v)); }
+};
+
+struct StateReader {
+    const uint8_t * src;
+    size_t          size;
+    size_t          at = 0;
+    bool            ok = true;
+
+    const uint8_t * take(size_t len) {
+        if (!ok || len > size - at) {
+            ok = false;
+            return nullptr;
+        }
+        const uint8_t * p = src + at;
+        at += len;
+        return p;
+    }
+
+    template <typename T> T get() {
+        T v{};
+        if (const uint8_t * p = take(sizeof(T))) {
+            std::memcpy(&v, p, sizeof(T));
+        }
+        return v;
+    }
+};
+
+}  // namespace cocktail::state_impl
+
+extern "C" {
+
+int cocktail_state_get(struct llama_context * ctx, int32_t seq_id, uint8_t * dst, size_t * size) {
+    using namespace cocktail;
+    using namespace cocktail::segmented_impl;
+    using namespace cocktail::state_impl;
+    if (int rc = check_seq("cocktail_state_get", ctx, seq_id); rc != COCKTAIL_OK) {
+        return rc;
+    }
+    if (size == nullptr) {
+        return fail(COCKTAIL_EINVAL, "cocktail_state_get: size is NULL");
+    }
+    auto        st = find_ctx(ctx);
+    StateWriter w{ dst, dst ? *size : 0 };
+    if (st != nullptr) {
+        w.put(kStateMagic);
+        w.put(st->pos0);
+        w.put(st->chunk_size);
+        w.put(st->n_context_tokens);
+        w.put(static_cast<int32_t>(st->precisions.size()));
+        w.bytes(st->precisions.data(), st->precisions.size());
+        w.put(static_cast<uint8_t>(st->compacted));
+        w.put(static_cast<int32_t>(st->layers.size()));
+        for (const auto & l : st->layers) {
+            w.put(l->il);
+            w.put(l->n_head_kv);
+            w.put(l->head_dim);
+            for (int p = 0; p < kNumPrecisions; ++p) {
+                w.put(l->regions[p].n_tokens);
+                w.put(static_cast<uint64_t>(l->k[p].size()));
+                w.bytes(l->k[p].data(), l->k[p].size());
+                w.put(static_cast<uint64_t>(l->v[p].size()));
+                w.bytes(l->v[p].data(), l->v[p].size());
+            }
+        }
+    }
+    if (dst != nullptr && w.n > *size) {
+        return fail(COCKTAIL_EINVAL, "cocktail_state_get: the buffer holds " + std::to_string(*size) + " bytes, " +
+                                         std::to_string(w.n) + " needed");
+    }
+    *size = w.n;
+    return COCKTAIL_OK;
+}
+
+int cocktail_state_set(struct llama_context * ctx, int32_t seq_id, const uint8_t * src, size_t size) {
+    using namespace cocktail;
+    using namespace cocktail::segmented_impl;
+    using namespace cocktail::state_impl;
+    const std::string what = "cocktail_state_set";
+    if (int rc = check_seq(what.c_str(), ctx, seq_id); rc != COCKTAIL_OK) {
+        return rc;
+    }
+    if (size == 0) {
+        return cocktail_clear(ctx, seq_id);
+    }
+    if (src == nullptr) {
+        return fail(COCKTAIL_EINVAL, what + ": src is NULL with size " + std::to_string(size));
+    }
+    StateReader r{ src, size };
+    if (r.get<uint32_t>() != kStateMagic) {
+        return fail(COCKTAIL_EINVAL, what + ": not a segmented-cache state (bad magic)");
+    }
+    const auto      pos0 = r.get<int32_t>(), chunk_size = r.get<int32_t>(), n_context = r.get<int32_t>();
+    const auto      n_chunks   = r.get<int32_t>();
+    const uint8_t * precisions = n_chunks > 0 ? r.take(static_cast<size_t>(n_chunks)) : nullptr;
+    const bool      compacted  = r.get<uint8_t>() != 0;
+    const auto      n_layers   = r.get<int32_t>();
+    if (!r.ok || n_chunks < 0 || n_layers < 0) {
+        return fail(COCKTAIL_EINVAL, what + ": truncated or corrupt state header (" + std::to_string(size) + " bytes)");
+    }
+    // the plan goes through cocktail_set_plan's checks against this context and model
+    if (int rc = cocktail_set_plan(ctx, seq_id, pos0, chunk_size, precisions, n_chunks, n_context); rc != COCKTAIL_OK) {
+        return rc;
+    }
+    auto st = find_ctx(ctx);
+    if (n_layers != static_cast<int32_t>(st->layers.size())) {
+        cocktail_clear(ctx, seq_id);
+        return fail(COCKTAIL_EINVAL, what + ": the state has " + std::to_string(n_layers) +
+                                         " segmented layers, this model " + std::to_string(st->layers.size()));
+    }
+    int32_t counts[kNumPrecisions] = {};
+    for (int32_t c = 0; c < n_chunks; ++c) {
+        counts[precisions[c]] += chunk_size;
+    }
+    std::string problem;
+    try {
+        for (auto & l : st->layers) {
+            const auto il = r.get<int32_t>(), n_head_kv = r.get<int32_t>(), head_dim = r.get<int32_t>();
+            if (!r.ok || il != l->il || n_head_kv != l->n_head_kv || head_dim != l->head_dim) {
+                problem = "layer " + std::to_string(l->il) + " does not match the state (another model?)";
+                break;
+            }
+            for (int p = 0; p < kNumPrecisions && problem.empty(); ++p) {
+                const auto n      = r.get<int32_t>();
+                const auto want   = compacted ? region_bytes(p, counts[p], n_head_kv, head_dim) : 0;
+                const auto k_size = r.get<uint64_t>();
+                const uint8_t * k = r.take(static_cast<size_t>(std::min<uint64_t>(k_size, size)));
+                const auto v_size = r.get<uint64_t>();
+                const uint8_t * v = r.take(static_cast<size_t>(std::min<uint64_t>(v_size, size)));
+                if (!r.ok || n != (compacted ? counts[p] : 0) || k_size != want || v_size != want) {
+                    problem = "layer " + std::to_string(il) + ": region " + std::to_string(p) +
+                              " is truncated or does not match the plan";
+                    break;
+                }
+                l->k[p].assign(k, k + k_size);
+                l->v[p].assign(v, v + v_size);
+                l->regions[p] = { p, n, l->k[p].data(), l->v[p].data() };
+            }
+            if (!problem.empty()) {
+                break;
+            }
+            l->seen = compacted;  // compacted on this model: its attention goes through the hook
+        }
+    } catch (const std::bad_alloc &) {
+        problem = "out of memory for the regions";
+    }
+    if (problem.empty() && r.at != size) {
+        problem = std::to_string(size - r.at) + " trailing bytes";
+    }
+    if (!problem.empty()) {
+        cocktail_clear(ctx, seq_id);
+        return fail(COCKTAIL_EINVAL, what + ": " + problem);
+    }
+    st->compacted = compacted;
+    g_epoch.fetch_add(1);
+    return COCKTAIL_OK;
 }
 
 }  // extern "C"
