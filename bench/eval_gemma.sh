@@ -8,18 +8,18 @@ run() { echo "+ cocktail-gguf eval $*" >&2; python -m cocktail_gguf.cli eval --t
 case "${1:-all}" in
   main|all)
     # the methods table at ~4K tokens: every task, our formats, llama.cpp q4_0 KV, Cocktail, controls
-    run --lengths 4096 -n 10 --methods f16,q4,q2,kivi2,llama-q4_0,cocktail,random,cocktail-bm25,cocktail-gguf \
+    run --lengths 4096 -n 8 --methods f16,q4,q2,kivi2,llama-q4_0,cocktail,random,cocktail-bm25,cocktail-gguf \
         --out $out/eval_gemma_4k ;;&
-  sweep|all)
-    # alpha / beta / chunk-size sweep at ~2K tokens
-    run --lengths 2048 -n 6 --methods f16,cocktail,cocktail-a0.5,cocktail-a0.7,cocktail-b0.05,cocktail-b0.2,cocktail-cs8,cocktail-cs16,cocktail-cs64,cocktail-cs128,random \
-        --out $out/eval_gemma_sweep_2k ;;&
   ppl|all)
     # perplexity of the uniform formats vs llama.cpp's q8_0 / q4_0 KV (second half of 4096-token windows)
     run --tasks none --methods f16,f16-regions,q4,q2,kivi2,llama-q8_0,llama-q4_0 \
-        --perplexity-windows 8 --perplexity-window 4096 --out $out/eval_gemma_ppl ;;&
+        --perplexity-windows 6 --perplexity-window 4096 --out $out/eval_gemma_ppl ;;&
+  sweep|all)
+    # alpha / beta / chunk-size sweep at ~2K tokens
+    run --lengths 2048 -n 4 --methods f16,cocktail,cocktail-a0.5,cocktail-a0.7,cocktail-b0.05,cocktail-b0.2,cocktail-cs8,cocktail-cs16,cocktail-cs64,cocktail-cs128,random \
+        --out $out/eval_gemma_sweep_2k ;;&
   long|all)
     # longer contexts, fewer samples and methods
-    run --tasks passkey,niah_single,qa --lengths 8192 -n 3 --methods f16,q2,kivi2,llama-q4_0,cocktail,random \
+    run --tasks passkey,niah_single,qa --lengths 8192 -n 2 --methods f16,q2,kivi2,llama-q4_0,cocktail,random \
         --out $out/eval_gemma_8k ;;
 esac
