@@ -115,6 +115,7 @@ def main(args: argparse.Namespace) -> int:
     model = Path(args.model) if args.model else default_model_path()
     if not model.is_file():
         raise SystemExit(f"cocktail-gguf eval: --model {str(model)!r} does not exist")
+    commit = _commit()  # the code that runs, whatever is committed while it does
     docs = load_corpus(args.corpus)
     n_ctx = max(max(args.lengths) + 256 if args.tasks else 0, args.perplexity_window + 64)
 
@@ -145,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
     ppl = report.summarize_perplexity(ppl_records, name, args.perplexity_window) if ppl_records else []
     result = {
         "bench": "eval_accuracy",
-        "commit": _commit(),
+        "commit": commit,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores | CPU",
         "command": "cocktail-gguf eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
         "date": datetime.date.today().isoformat(),
