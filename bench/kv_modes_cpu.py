@@ -34,21 +34,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "kv_modes_cpu.json"))
     args = p.parse_args()
-    if args.model is None:
-        from cocktail_gguf.models import default_model_path
-
-        args.model = str(default_model_path())
-    config = kv_bench.BenchConfig(
-        model=args.model,
-        contexts=tuple(args.contexts),
-        modes=tuple(args.modes),
-        decode=args.decode,
-        runs=args.runs,
-        chunk_size=args.chunk_size,
-        mix=args.mix,
-        threads=args.threads,
-        seed=args.seed,
-    )
+    config = kv_bench.BenchConfig.from_args(args, tuple(args.contexts))
     try:
         config.validate()
     except ValueError as exc:

@@ -111,9 +111,8 @@ def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
 
 
 def _safe_end(text: str, stops: list[str]) -> int:
-    """How much of ``text`` may be streamed: not a trailing partial UTF-8 character, nor a trailing start
-    of a stop string."""
-    end = len(text.rstrip("\ufffd"))
+    """How much of ``text`` may be streamed: not a trailing start of a stop string."""
+    end = len(text)
     for s in stops:
         for k in range(min(len(s) - 1, end), 0, -1):
             if text[:end].endswith(s[:k]):
@@ -174,9 +173,15 @@ def create_completion(
     head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time())}
     head["model"] = llm.model_path
 
+    def text_of(answer: Answer) -> str:
+        """As llama-cpp-python: bytes that are not UTF-8 are dropped; cut at the first stop string."""
+        full = llm.detokenize(answer.tokens).decode("utf-8", errors="ignore")
+        cuts = [full.index(s) for s in stops if s in full]
+        return full[: min(cuts)] if cuts else full
+
     def finish(answer: Answer) -> str:
-        full = llm.detokenize(answer.tokens).decode("utf-8", errors="replace")
-        return "length" if len(answer.tokens) >= max_tokens and full == answer.text else "stop"
+        full = llm.detokenize(answer.tokens).decode("utf-8", errors="ignore")
+        return "length" if len(answer.tokens) >= max_tokens and full == text_of(answer) else "stop"
 
     def usage(answer: Answer) -> dict[str, int]:
         n = len(answer.tokens)
@@ -193,7 +198,7 @@ def create_completion(
             except StopIteration as done:
                 answer: Answer = done.value
                 break
-        choice = {"text": answer.text, "index": 0, "logprobs": None, "finish_reason": finish(answer)}
+        choice = {"text": text_of(answer), "index": 0, "logprobs": None, "finish_reason": finish(answer)}
         info = llm._last_answer_info = plan_info(llm, answer)
         return {**head, "choices": [choice], "usage": usage(answer), "cocktail": info}
 
@@ -206,7 +211,7 @@ def create_completion(
             except StopIteration as done:
                 answer = done.value
                 break
-            text = llm.detokenize(tokens).decode("utf-8", errors="replace")
+            text = llm.detokenize(tokens).decode("utf-8", errors="ignore")
             end = _safe_end(text, stops)
             if end > sent:
                 yield {
@@ -216,12 +221,11 @@ def create_completion(
                     ],
                 }
                 sent = end
-        if answer.text[sent:]:  # a chunk that carries a finish_reason has its text dropped by chat conversion
+        final = text_of(answer)
+        if final[sent:]:  # a chunk that carries a finish_reason has its text dropped by chat conversion
             yield {
                 **head,
-                "choices": [
-                    {"text": answer.text[sent:], "index": 0, "logprobs": None, "finish_reason": None}
-                ],
+                "choices": [{"text": final[sent:], "index": 0, "logprobs": None, "finish_reason": None}],
             }
         last = {"text": "", "index": 0, "logprobs": None, "finish_reason": finish(answer)}
         info = llm._last_answer_info = plan_info(llm, answer)

@@ -54,6 +54,23 @@ class BenchConfig:
     threads: int | None = None
     seed: int = 0
 
+    @classmethod
+    def from_args(cls, args: Any, contexts: tuple[int, ...]) -> BenchConfig:
+        """From argparse options named like the fields (model None: the embedded default model)."""
+        from .models import default_model_path
+
+        return cls(
+            model=args.model or str(default_model_path()),
+            contexts=contexts,
+            modes=tuple(args.modes),
+            decode=args.decode,
+            runs=args.runs,
+            chunk_size=args.chunk_size,
+            mix=args.mix,
+            threads=args.threads,
+            seed=args.seed,
+        )
+
     def validate(self) -> None:
         for name in ("decode", "runs", "chunk_size"):
             value = getattr(self, name)
@@ -253,19 +270,7 @@ def parse_mix(text: str) -> tuple[float, float, float]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .models import default_model_path
-
-    config = BenchConfig(
-        model=args.model or str(default_model_path()),
-        contexts=(args.context_tokens,),
-        modes=args.modes,
-        decode=args.decode,
-        runs=args.runs,
-        chunk_size=args.chunk_size,
-        mix=args.mix,
-        threads=args.threads,
-        seed=args.seed,
-    )
+    config = BenchConfig.from_args(args, (args.context_tokens,))
     if not Path(config.model).is_file():
         print(f"cocktail-gguf bench: --model {config.model!r} is not a file", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
+from typing_extensions import TypedDict, Unpack
 
 from . import _native, completion, segmented_cache
 from .f16_snapshot import F16Snapshot
@@ -64,6 +65,21 @@ class CocktailState(llama_cpp.LlamaState):
         )
         self.segmented = segmented
         self.plan = plan
+
+
+class AskOptions(TypedDict, total=False):
+    """Keyword options of `Llama.ask` / `ask_tokens` (defaults: those of `Llama.ask_stream`)."""
+
+    mode: str | None
+    max_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repeat_penalty: float
+    stop: str | Sequence[str] | None
+    return_logits: bool
+    ignore_eos: bool
 
 
 def _first_stop(text: str, stops: list[str]) -> int:
@@ -138,21 +154,7 @@ class Llama(llama_cpp.Llama):
         return {"llama_cache": _native.memory_bytes(self._ctx.ctx)["kv_cache"], "regions": regions}
 
     def ask(
-        self,
-        context: str,
-        query: str,
-        plan: Plan | None = None,
-        *,
-        mode: str | None = None,
-        max_tokens: int = 64,
-        temperature: float = 0.0,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        stop: str | Sequence[str] | None = None,
-        return_logits: bool = False,
-        ignore_eos: bool = False,
+        self, context: str, query: str, plan: Plan | None = None, **options: Unpack[AskOptions]
     ) -> Answer:
         """Answers ``query`` about ``context`` with the KV cache of this ``kv_mode``.
 
@@ -160,8 +162,9 @@ class Llama(llama_cpp.Llama):
         plan: per-chunk precisions of the context's tokens (``Plan.n_context_tokens`` must be its
         token count, `cocktail_gguf.planner` tokenizes the same way); default: uniform for
         "q4" / "q2", the planner (encoder, chunk_size, alpha, beta of this Llama) for "cocktail".
-        mode: this call's kv_mode instead of the Llama's (e.g. "f16" to compare on one loaded model).
-        temperature 0 is greedy. Generation stops at an end-of-generation token (unless
+        options (`AskOptions`): mode (this call's kv_mode, e.g. "f16" to compare on one loaded model),
+        max_tokens (64), temperature (0 = greedy), top_k, top_p, min_p, repeat_penalty, stop,
+        return_logits, ignore_eos. Generation stops at an end-of-generation token (unless
         ``ignore_eos``), a ``stop`` string or ``max_tokens``. ``Answer.timings`` has the seconds spent
         planning, prefilling, compacting and decoding.
         """
@@ -171,22 +174,7 @@ class Llama(llama_cpp.Llama):
             raise ValueError(f"query={query!r} must be a non-empty string")
         context_ids = list(self.tokenize(context.encode("utf-8"), add_bos=False, special=False))
         query_ids = list(self.tokenize(query.encode("utf-8"), add_bos=False, special=True))
-        return self.ask_tokens(
-            context_ids,
-            query_ids,
-            plan,
-            query_text=query,
-            mode=mode,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            stop=stop,
-            return_logits=return_logits,
-            ignore_eos=ignore_eos,
-        )
+        return self.ask_tokens(context_ids, query_ids, plan, query_text=query, **options)
 
     def ask_tokens(
         self,
@@ -195,35 +183,11 @@ class Llama(llama_cpp.Llama):
         plan: Plan | None = None,
         *,
         query_text: str | None = None,
-        mode: str | None = None,
-        max_tokens: int = 64,
-        temperature: float = 0.0,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        stop: str | Sequence[str] | None = None,
-        return_logits: bool = False,
-        ignore_eos: bool = False,
+        **options: Unpack[AskOptions],
     ) -> Answer:
         """`ask` on token ids (a BOS is put first when the model adds one); ``query_text`` is what the
         planner embeds as the query (default: the detokenized ``query_ids``)."""
-        stream = self.ask_stream(
-            context_ids,
-            query_ids,
-            plan,
-            query_text=query_text,
-            mode=mode,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            stop=stop,
-            return_logits=return_logits,
-            ignore_eos=ignore_eos,
-        )
+        stream = self.ask_stream(context_ids, query_ids, plan, query_text=query_text, **options)
         while True:
             try:
                 next(stream)

@@ -163,7 +163,8 @@ def test_repeated_asks_and_plain_completion(tiny_models: dict[str, Path], llama_
     first = llm.ask(CONTEXT, QUERY, max_tokens=8)
     llm.ask(_context(90, seed=5), " other question:", max_tokens=8)
     assert llm.ask(CONTEXT, QUERY, max_tokens=8).tokens == first.tokens
-    # llama-cpp-python's own completion after an ask runs on a clean F16 cache, like kv_mode="f16"
+    # a completion after an ask: a one-line prompt is all query (empty context, nothing quantized),
+    # so it answers as kv_mode="f16"
     ours = llm("hello there", max_tokens=8, temperature=0.0)["choices"][0]["text"]
     plain = _llm(path, "f16", llama_kwargs)("hello there", max_tokens=8, temperature=0.0)
     assert ours == plain["choices"][0]["text"]
