@@ -8,7 +8,7 @@ run() { echo "+ cocktail-gguf eval $*" >&2; python -m cocktail_gguf.cli eval --t
 case "${1:-all}" in
   main|all)
     # the methods table at ~4K tokens: every task, our formats, llama.cpp q4_0 KV, Cocktail, controls
-    run --lengths 4096 -n 8 --methods f16,q4,q2,kivi2,llama-q4_0,cocktail,random,cocktail-bm25,cocktail-gguf \
+    run --lengths 4096 -n 5 --methods f16,q4,q2,kivi2,llama-q4_0,cocktail,random,cocktail-bm25,cocktail-gguf \
         --out $out/eval_gemma_4k ;;&
   ppl|all)
     # perplexity of the uniform formats vs llama.cpp's q8_0 / q4_0 KV (second half of 4096-token windows)
@@ -20,6 +20,6 @@ case "${1:-all}" in
         --out $out/eval_gemma_sweep_2k ;;&
   long|all)
     # longer contexts, fewer samples and methods
-    run --tasks passkey,niah_single,qa --lengths 8192 -n 2 --methods f16,q2,kivi2,llama-q4_0,cocktail,random \
+    run --tasks passkey,niah_single,qa --lengths 8192 -n 1 --methods f16,q2,kivi2,llama-q4_0,cocktail,random \
         --out $out/eval_gemma_8k ;;
 esac
