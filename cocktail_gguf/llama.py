@@ -15,9 +15,12 @@ from . import _native, completion, segmented_cache
 from .f16_snapshot import F16Snapshot
 from .plan import Plan
 from .planner import validate_planner_options
+from .progress import progress_bar
 from .segmented_cache import LayerRegions
 
 KV_MODES = ("f16", "cocktail", "q4", "q2")
+PROGRESS_MIN_TOKENS = 4096
+"""progress=None shows a prefill bar from this many tokens (on a terminal)."""
 """f16: llama.cpp's own cache, untouched. cocktail: per-chunk F16/Q4/Q2 by query relevance.
 q4 / q2: every context chunk at that precision (same code path as cocktail; baselines)."""
 
@@ -94,7 +97,9 @@ class Llama(llama_cpp.Llama):
     Every llama-cpp-python argument is accepted unchanged. Extra keyword arguments:
     kv_mode ("f16" | "cocktail" | "q4" | "q2"), chunk_size (tokens per chunk, 1..256),
     alpha / beta (threshold fractions of the similarity range, paper defaults 0.6 / 0.1),
-    encoder (name, path or object embedding chunk texts and the query).
+    encoder (name, path or object embedding chunk texts and the query), keep_f16_context (keep a host-RAM
+    F16 copy of the last context for re-planning without prefill), progress (tqdm bars for prefill and
+    planning: True, False, None = on a terminal for long inputs).
 
     `ask(context, query)` runs the Cocktail flow: plan, prefill, compaction into Q2/Q4/F16
     regions, decode. kv_mode="f16" is plain llama.cpp (ask() then runs without a plan).
@@ -110,12 +115,16 @@ class Llama(llama_cpp.Llama):
         beta: float = 0.1,
         encoder: Any = None,
         keep_f16_context: bool = False,
+        progress: bool | None = None,
         **kwargs: Any,
     ) -> None:
         validate_kv_options(kv_mode, chunk_size, alpha, beta)
         if not isinstance(keep_f16_context, bool):
             raise ValueError(f"keep_f16_context={keep_f16_context!r} must be True or False")
         self.keep_f16_context = keep_f16_context
+        if progress not in (None, True, False):
+            raise ValueError(f"progress={progress!r} must be True, False or None (auto)")
+        self.progress = progress
         self._f16_snapshot: F16Snapshot | None = None
         self._segmented_checked = False
         self._chat_query: str | None = None
@@ -365,11 +374,22 @@ class Llama(llama_cpp.Llama):
             self.input_ids[:done] = snapshot.tokens
             self.n_tokens = done
         if self.keep_f16_context and n_keep > done:
-            self.eval(prompt[done:n_keep])
+            self._eval_with_progress(prompt[done:n_keep])
             self._f16_snapshot = None  # the old copy is freed before the new one is made
             self._f16_snapshot = F16Snapshot.save(self._ctx.ctx, prompt[:n_keep])
             done = n_keep
-        self.eval(prompt[done:])
+        self._eval_with_progress(prompt[done:])
+
+    def _eval_with_progress(self, tokens: list[int]) -> None:
+        bar = progress_bar(len(tokens), self.progress, "prefill", "tok", PROGRESS_MIN_TOKENS)
+        if bar is None:
+            self.eval(tokens)
+            return
+        with bar:
+            for start in range(0, len(tokens), self.n_batch):
+                piece = tokens[start : start + self.n_batch]
+                self.eval(piece)
+                bar.update(len(piece))
 
     @property
     def f16_snapshot_bytes(self) -> int:
@@ -404,6 +424,7 @@ class Llama(llama_cpp.Llama):
                 chunk_size=self.chunk_size,
                 alpha=self.alpha,
                 beta=self.beta,
+                progress=self.progress,
             )
         result: Plan = self._planner.plan(context_ids, query)
         return result

@@ -125,3 +125,19 @@ def test_next_token_logprobs_match_decode_steps(
     with pytest.raises(ValueError, match="batch_size=0"):
         llm.next_token_logprobs(ans.tokens, batch_size=0)
     llm.close()
+
+
+def test_prefill_progress_bar_counts_every_token(
+    tiny_models: dict[str, Path], llama_kwargs: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    llm = _llm(tiny_models["tiny-gqa"], llama_kwargs, progress=True, n_batch=64)
+    quiet = _llm(tiny_models["tiny-gqa"], llama_kwargs, progress=False, n_batch=64)
+    with_bar = llm.ask(CONTEXT, QUERIES[0], mode="q4", max_tokens=6)
+    assert "prefill" in capsys.readouterr().err
+    without = quiet.ask(CONTEXT, QUERIES[0], mode="q4", max_tokens=6)
+    assert "prefill" not in capsys.readouterr().err
+    assert with_bar.tokens == without.tokens  # same batches, same answer
+    with pytest.raises(ValueError, match="progress='yes'"):
+        _llm(tiny_models["tiny-gqa"], llama_kwargs, progress="yes")
+    llm.close()
+    quiet.close()

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..progress import progress_bar
 from .cache import EmbeddingCache
 
 PROGRESS_MIN_TEXTS = 256
@@ -65,14 +66,7 @@ def check_embeddings(rows: Any, texts: Sequence[str], who: str) -> np.ndarray:
 
 
 def _progress_bar(total: int, progress: bool | None, desc: str) -> Any:
-    """A tqdm bar, or None when disabled, not wanted for this size, or tqdm is not installed."""
-    if progress is False or (progress is None and total < PROGRESS_MIN_TEXTS):
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="text", leave=False)
+    return progress_bar(total, progress, desc, "text", PROGRESS_MIN_TEXTS)
 
 
 def embed_texts(
