@@ -197,6 +197,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     kv_bench.add_parser(sub)
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from . import demo
+
+    demo.add_parser(sub)
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     from .eval import cli as eval_cli
 
@@ -227,6 +233,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_generate,
+    _add_demo,
     _add_ask,
     _add_chat,
     _add_bench,

@@ -21,3 +21,17 @@ def test_gemma_greedy_deterministic(gemma_path: Path, llama_kwargs: dict) -> Non
     assert outs[0] == outs[1]
     assert outs[0].strip(), "expected a non-empty continuation"
     assert "France" in outs[0]
+
+
+def test_demo_finds_the_pass_key(gemma_path: Path) -> None:
+    """`cocktail-gguf demo` (the README's first command) on the embedded model, BM25 planner (no torch)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "cocktail_gguf.cli", "demo", "--context-tokens", "1024", "--encoder", "bm25"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "the Cocktail cache found the pass key" in done.stdout, done.stdout
+    assert "plan {'f16': " in done.stdout and "context KV:" in done.stdout
