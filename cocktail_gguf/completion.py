@@ -140,6 +140,7 @@ def plan_info(llm: Llama, answer: Answer) -> dict[str, Any]:
             "bits_per_element": plan.bits_per_element,
             "precisions": plan.precision_string(),
             "encoder": plan.encoder,
+            "query": plan.query,
             "thresholds": plan.thresholds.to_dict() if plan.thresholds is not None else None,
         }
     return info

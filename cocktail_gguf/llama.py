@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -412,7 +413,7 @@ class Llama(llama_cpp.Llama):
                 )
             return plan
         if mode in ("q4", "q2"):
-            return Plan.uniform(len(context_ids), self.chunk_size, mode)
+            return dataclasses.replace(Plan.uniform(len(context_ids), self.chunk_size, mode), query=query)
         if self._planner is None:
             try:
                 from .planner import Planner
