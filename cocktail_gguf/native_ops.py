@@ -156,8 +156,11 @@ def attn_mixed_regions(
     tail_v: np.ndarray | None = None,
     mask: np.ndarray | None = None,
     n_threads: int = 1,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Attention of q (float32, (n_q_tokens, n_head, head_dim)) over the regions and an optional fp16 tail.
+
+    device: "cpu" (n_threads threads) or "cuda" (the CUDA kernels on the current GPU; host arrays in and out).
 
     tail_k, tail_v: float16 (n_head_kv, n_tail, head_dim) views with any non-negative strides (tail_k's
     channels contiguous). mask: float32 or float16 (n_q_tokens, n_tail), additive (0 / -inf).
@@ -218,7 +221,12 @@ def attn_mixed_regions(
             a.mask_f16 = int(mask.dtype == np.float16)
     elif mask is not None:
         raise ValueError("mask without a tail")
-    check(lib().cocktail_attn_mixed_regions(a, n_threads), "cocktail_attn_mixed_regions")
+    if device == "cuda":
+        check(lib().cocktail_attn_mixed_regions_cuda(a), "cocktail_attn_mixed_regions_cuda")
+    elif device == "cpu":
+        check(lib().cocktail_attn_mixed_regions(a, n_threads), "cocktail_attn_mixed_regions")
+    else:
+        raise ValueError(f"device={device!r} is not 'cpu' or 'cuda'")
     return out
 
 

@@ -123,6 +123,11 @@ struct cocktail_attn_args {
 // Validates args, then runs the attention on n_threads threads (1 = the calling thread only).
 COCKTAIL_API int cocktail_attn_mixed_regions(const struct cocktail_attn_args * args, int n_threads);
 
+// The same attention on the CUDA device (native/cocktail_attn_cuda.cu), for tests against the CPU op: every pointer
+// in args is host memory; inputs are copied to the current device, the split-K kernels run, out is copied back.
+// COCKTAIL_EUNSUPPORTED in a build without CUDA, or for head_dim not in {32, 64, 128, 256} or > 16 regions.
+COCKTAIL_API int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args * args);
+
 // CPU kernel variant: mode -1 queries, 0 forces the portable scalar code, 1 selects AVX2/FMA/F16C when the CPU has
 // them. Returns the variant now in use (1 = AVX2, 0 = scalar). Process-wide; for tests and benchmarks.
 COCKTAIL_API int cocktail_cpu_simd(int mode);

@@ -3,6 +3,8 @@
 # bench/device/make_bundle.sh. Builds the CUDA variant with pip (no network: the bundle replaces the
 # sdist download) into /tmp/site and runs the test suite with every model layer on the GPU.
 # Usage: COMMIT=<sha> bash bench/device/build_cuda.sh [pytest args]     (CUDA_ARCHS=90 by default)
+#   TESTS="tests/test_attn_cuda.py ..." runs only those files; SANITIZE="<pytest -k expr>" then runs
+#   compute-sanitizer memcheck and racecheck over the CUDA op tests selected by that expression.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$repo"
@@ -28,7 +30,8 @@ set +e
 # its process with a later GPU model load (a crash still under investigation, bench/NOTES.md).
 rc=0
 : > "$out/pytest.log"
-for f in "$repo"/tests/test_*.py; do
+for f in ${TESTS:-"$repo"/tests/test_*.py}; do
+  case "$f" in /*) ;; *) f="$repo/$f" ;; esac
   COCKTAIL_TEST_N_GPU_LAYERS=-1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -q -p no:cacheprovider \
     --rootdir "$repo" "$f" "$@" 2>&1 | tee -a "$out/pytest.log" | tail -1 | sed "s|^|$(basename "$f"): |"
   r=${PIPESTATUS[0]}
@@ -36,4 +39,14 @@ for f in "$repo"/tests/test_*.py; do
 done
 t2=$(date +%s)
 echo "tests: $((t2 - t1)) s, pytest exit $rc" | tee -a "$out/summary.txt"
+if [ -n "${SANITIZE:-}" ]; then
+  for tool in memcheck racecheck; do
+    PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 compute-sanitizer --tool "$tool" --error-exitcode 86 --target-processes all \
+      python3 -m pytest -q -p no:cacheprovider --rootdir "$repo" "$repo/tests/test_attn_cuda.py" -k "$SANITIZE" \
+      > "$out/sanitizer-$tool.log" 2>&1
+    r=$?
+    echo "compute-sanitizer $tool: exit $r, $(grep -c 'ERROR SUMMARY: 0 errors' "$out/sanitizer-$tool.log") clean summaries, $(tail -1 "$out/sanitizer-$tool.log")" | tee -a "$out/summary.txt"
+    [ "$r" = 0 ] || rc=$r
+  done
+fi
 exit "$rc"

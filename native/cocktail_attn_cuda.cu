@@ -1,0 +1,546 @@
+// Mixed-region attention on CUDA: the same contract as the CPU op (native/README.md, cocktail_attn_args), as a
+// split-K decode kernel. One block = one (query token, KV head, group of its query heads, token split); its four
+// warps take 32-token units (one quantization block) in turn, dequantize K and V in registers, keep an online
+// softmax per query head and merge in shared memory; a second kernel merges the splits (log-sum-exp).
+#include "cocktail_api.h"
+#include "cocktail_attn_cpu.h"
+#include "cocktail_errors.h"
+#include "cocktail_kv_format.h"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace cocktail::cuda_impl {
+
+constexpr int kWarps       = 4;
+constexpr int kMaxSegments = 17;  // 16 regions + the tail
+constexpr int kUnit        = 32;  // tokens per unit = quantization block
+
+enum SegKind { kF16 = COCKTAIL_PREC_F16, kQ4 = COCKTAIL_PREC_Q4, kQ2 = COCKTAIL_PREC_Q2, kTail = 3 };
+
+struct Segment {
+    int             kind;
+    int             n_tokens;
+    int             unit0;  // first unit of this segment in the launch's unit list
+    const uint8_t * k;
+    const uint8_t * v;
+};
+
+struct Params {
+    int           n_q, n_head, n_head_kv, group, n_gblocks, n_splits, units_per_split, n_units, n_segments;
+    float         scale;
+    const float * q;
+    size_t        q_nb_token, q_nb_head;
+    Segment       seg[kMaxSegments];
+    size_t        tk_nb_token, tk_nb_head, tv_nb_token, tv_nb_channel, tv_nb_head;
+    const uint8_t * mask;
+    size_t          mask_nb_row;
+    int             mask_f16;
+    float *         part_acc;  // [n_q][n_head][n_splits][D]
+    float2 *        part_ml;   // [n_q][n_head][n_splits]: running max, sum of exp
+};
+
+__device__ __forceinline__ float h2f(const uint8_t * p) {
+    return __half2float(*reinterpret_cast<const __half *>(p));
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+    for (int o = 16; o > 0; o >>= 1) {
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    }
+    return x;
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1) {
+        x += __shfl_xor_sync(0xffffffffu, x, o);
+    }
+    return x;
+}
+
+// Code of element e (0..31) of a packed group of 32 (Q4: 16 bytes, Q2: 8 bytes; layout in native/README.md).
+template <int kind> __device__ __forceinline__ int code_of(const uint8_t * codes, int e) {
+    if constexpr (kind == kQ4) {
+        return (codes[e & 15] >> ((e >> 4) * 4)) & 15;
+    } else {
+        return (codes[e & 7] >> ((e >> 3) * 2)) & 3;
+    }
+}
+
+// Bytes of one (head, 32-token block) of a Q4 / Q2 region (native/README.md: 20*D, 12*D).
+template <int D, int kind> __device__ constexpr size_t block_bytes() {
+    return kind == kQ4 ? 20 * D : 12 * D;
+}
+
+// Score of this lane's token (t = unit token `lane`) against the GS query rows in sq, for a segment kind.
+template <int D, int GS, int kind>
+__device__ __forceinline__ void unit_scores(const Params & p, const Segment & s, int h_kv, int unit, int lane,
+                                            const float * sq, float (&score)[GS]) {
+    const int t = unit * kUnit + lane;
+#pragma unroll
+    for (int g = 0; g < GS; ++g) {
+        score[g] = 0.0f;
+    }
+    if (t >= s.n_tokens) {
+        return;
+    }
+    if constexpr (kind == kTail) {  // any strides: 2-byte loads
+        const uint8_t * row = s.k + t * p.tk_nb_token + h_kv * p.tk_nb_head;
+        for (int d = 0; d < D; ++d) {
+            const float kv = h2f(row + 2 * d);
+#pragma unroll
+            for (int g = 0; g < GS; ++g) {
+                score[g] = fmaf(sq[g * D + d], kv, score[g]);
+            }
+        }
+    } else if constexpr (kind == kF16) {  // [head][token][D] rows from a 256-byte aligned buffer: 16-byte loads
+        const uint8_t * row = s.k + (static_cast<size_t>(h_kv) * s.n_tokens + t) * D * 2;
+        for (int d0 = 0; d0 < D; d0 += 8) {
+            const uint4    raw = *reinterpret_cast<const uint4 *>(row + d0 * 2);
+            const __half * hv  = reinterpret_cast<const __half *>(&raw);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const float kv = __half2float(hv[j]);
+#pragma unroll
+                for (int g = 0; g < GS; ++g) {
+                    score[g] = fmaf(sq[g * D + d0 + j], kv, score[g]);
+                }
+            }
+        }
+    } else {
+        const int       n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
+        const uint8_t * base     = s.k + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>();
+        const uint8_t * codes    = base + 4 * D;
+        constexpr int   kBytes   = kind == kQ4 ? 16 : 8;
+        for (int d = 0; d < D; ++d) {
+            const float kv = h2f(base + 2 * (D + d)) + h2f(base + 2 * d) * code_of<kind>(codes + d * kBytes, lane);
+#pragma unroll
+            for (int g = 0; g < GS; ++g) {
+                score[g] = fmaf(sq[g * D + d], kv, score[g]);
+            }
+        }
+    }
+}
+
+// V element of channel d of unit token tt.
+template <int D, int kind>
+__device__ __forceinline__ float v_at(const Params & p, const Segment & s, int h_kv, int unit, int tt, int d) {
+    const int t = unit * kUnit + tt;
+    if constexpr (kind == kF16) {
+        return h2f(s.v + ((static_cast<size_t>(h_kv) * s.n_tokens + t) * D + d) * 2);
+    } else if constexpr (kind == kTail) {
+        return h2f(s.v + t * p.tv_nb_token + d * p.tv_nb_channel + h_kv * p.tv_nb_head);
+    } else {
+        constexpr int   kGroups  = D / 32;
+        constexpr int   kBytes   = kind == kQ4 ? 16 : 8;
+        const int       n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
+        const uint8_t * base     = s.v + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>();
+        const int       gi   = d / 32;
+        const float     sc   = h2f(base + 2 * (tt * kGroups + gi));
+        const float     mn   = h2f(base + 2 * D + 2 * (tt * kGroups + gi));
+        return mn + sc * code_of<kind>(base + 4 * D + (tt * kGroups + gi) * kBytes, d % 32);
+    }
+}
+
+template <int D, int GS> struct WarpState {
+    float m[GS];
+    float l[GS];
+    float acc[GS][D / 32];  // lane owns channels lane + 32 * i
+};
+
+template <int D, int GS, int kind>
+__device__ void unit_update(const Params & p, const Segment & s, int qi, int h_kv, int unit, int lane, int n_g,
+                            const float * sq, WarpState<D, GS> & w) {
+    float score[GS];
+    unit_scores<D, GS, kind>(p, s, h_kv, unit, lane, sq, score);
+    const int  t       = unit * kUnit + lane;
+    bool       visible = t < s.n_tokens;
+    float      bias    = 0.0f;
+    if (kind == kTail && visible && p.mask != nullptr) {
+        const uint8_t * row = p.mask + qi * p.mask_nb_row;
+        bias = p.mask_f16 ? h2f(row + 2 * t) : reinterpret_cast<const float *>(row)[t];
+        visible = bias != -INFINITY;
+    }
+    const int n_valid = min(kUnit, s.n_tokens - unit * kUnit);
+    float     prob[GS];
+#pragma unroll
+    for (int g = 0; g < GS; ++g) {
+        const float sc   = visible ? score[g] + bias : -INFINITY;
+        const float mmax = fmaxf(w.m[g], warp_max(sc));
+        if (g >= n_g || mmax == -INFINITY) {
+            prob[g] = 0.0f;
+            continue;
+        }
+        prob[g]          = visible ? expf(sc - mmax) : 0.0f;
+        const float corr = w.m[g] == -INFINITY ? 0.0f : expf(w.m[g] - mmax);
+        w.l[g]           = w.l[g] * corr + warp_sum(prob[g]);
+        w.m[g]           = mmax;
+#pragma unroll
+        for (int i = 0; i < D / 32; ++i) {
+            w.acc[g][i] *= corr;
+        }
+    }
+    for (int tt = 0; tt < n_valid; ++tt) {
+        float pt[GS];
+        bool  any = false;
+#pragma unroll
+        for (int g = 0; g < GS; ++g) {
+            pt[g] = __shfl_sync(0xffffffffu, prob[g], tt);
+            any   = any || pt[g] != 0.0f;
+        }
+        if (!any) {
+            continue;
+        }
+#pragma unroll
+        for (int i = 0; i < D / 32; ++i) {
+            const float v = v_at<D, kind>(p, s, h_kv, unit, tt, lane + 32 * i);
+#pragma unroll
+            for (int g = 0; g < GS; ++g) {
+                w.acc[g][i] = fmaf(pt[g], v, w.acc[g][i]);
+            }
+        }
+    }
+}
+
+template <int D, int GS> __global__ void __launch_bounds__(kWarps * 32) attn_partial(const Params p) {
+    __shared__ float sq[GS * D];
+    __shared__ float s_m[kWarps][GS], s_l[kWarps][GS];
+    __shared__ float s_acc[kWarps][GS][D];
+
+    const int qi = blockIdx.z, split = blockIdx.y;
+    const int h_kv = blockIdx.x / p.n_gblocks, gb = blockIdx.x % p.n_gblocks;
+    const int h0 = h_kv * p.group + gb * GS, n_g = min(GS, p.group - gb * GS);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+    for (int i = threadIdx.x; i < GS * D; i += blockDim.x) {
+        const int g = i / D, d = i % D;
+        sq[i]       = g < n_g ? p.scale * *reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(p.q) +
+                                                                         qi * p.q_nb_token + (h0 + g) * p.q_nb_head +
+                                                                         4 * d) :
+                                0.0f;
+    }
+    __syncthreads();
+
+    WarpState<D, GS> w;
+#pragma unroll
+    for (int g = 0; g < GS; ++g) {
+        w.m[g] = -INFINITY;
+        w.l[g] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < D / 32; ++i) {
+            w.acc[g][i] = 0.0f;
+        }
+    }
+    const int u_end = min(p.n_units, (split + 1) * p.units_per_split);
+    for (int u = split * p.units_per_split + warp; u < u_end; u += kWarps) {
+        int si = 0;
+        while (si + 1 < p.n_segments && p.seg[si + 1].unit0 <= u) {
+            ++si;
+        }
+        const Segment & s    = p.seg[si];
+        const int       unit = u - s.unit0;
+        switch (s.kind) {
+            case kF16:
+                unit_update<D, GS, kF16>(p, s, qi, h_kv, unit, lane, n_g, sq, w);
+                break;
+            case kQ4:
+                unit_update<D, GS, kQ4>(p, s, qi, h_kv, unit, lane, n_g, sq, w);
+                break;
+            case kQ2:
+                unit_update<D, GS, kQ2>(p, s, qi, h_kv, unit, lane, n_g, sq, w);
+                break;
+            default:
+                unit_update<D, GS, kTail>(p, s, qi, h_kv, unit, lane, n_g, sq, w);
+                break;
+        }
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int g = 0; g < GS; ++g) {
+            s_m[warp][g] = w.m[g];
+            s_l[warp][g] = w.l[g];
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < GS; ++g) {
+#pragma unroll
+        for (int i = 0; i < D / 32; ++i) {
+            s_acc[warp][g][lane + 32 * i] = w.acc[g][i];
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n_g * D; i += blockDim.x) {
+        const int g = i / D, d = i % D;
+        float     mmax = -INFINITY;
+        for (int k = 0; k < kWarps; ++k) {
+            mmax = fmaxf(mmax, s_m[k][g]);
+        }
+        float l = 0.0f, acc = 0.0f;
+        if (mmax != -INFINITY) {
+            for (int k = 0; k < kWarps; ++k) {
+                const float f = s_m[k][g] == -INFINITY ? 0.0f : expf(s_m[k][g] - mmax);
+                l += s_l[k][g] * f;
+                acc += s_acc[k][g][d] * f;
+            }
+        }
+        const size_t row = (static_cast<size_t>(qi) * p.n_head + h0 + g) * p.n_splits + split;
+        p.part_acc[row * D + d] = acc;
+        if (d == 0) {
+            p.part_ml[row] = make_float2(mmax, l);
+        }
+    }
+}
+
+// One block per (query token, head), D threads: merges the splits' partial softmaxes into the output row.
+__global__ void attn_merge(const float * part_acc, const float2 * part_ml, int n_splits, int n_head, int D,
+                           uint8_t * out, size_t out_nb_token, size_t out_nb_head) {
+    const int    qi = blockIdx.y, h = blockIdx.x, d = threadIdx.x;
+    const size_t row0 = (static_cast<size_t>(qi) * n_head + h) * n_splits;
+    float        mmax = -INFINITY;
+    for (int s = 0; s < n_splits; ++s) {
+        mmax = fmaxf(mmax, part_ml[row0 + s].x);
+    }
+    float l = 0.0f, acc = 0.0f;
+    if (mmax != -INFINITY) {
+        for (int s = 0; s < n_splits; ++s) {
+            const float2 ml = part_ml[row0 + s];
+            const float  f  = ml.x == -INFINITY ? 0.0f : expf(ml.x - mmax);
+            l += ml.y * f;
+            acc += part_acc[(row0 + s) * D + d] * f;
+        }
+    }
+    reinterpret_cast<float *>(out + qi * out_nb_token + h * out_nb_head)[d] = l > 0.0f ? acc / l : 0.0f;
+}
+
+int cuda_fail(cudaError_t err, const char * what) {
+    return fail(COCKTAIL_EINTERNAL, std::string("cocktail_attn_mixed_regions_cuda: ") + what + ": " +
+                                        cudaGetErrorString(err));
+}
+
+template <int D, int GS> void launch(const Params & p, dim3 grid, cudaStream_t stream) {
+    attn_partial<D, GS><<<grid, kWarps * 32, 0, stream>>>(p);
+}
+
+// Query heads per block: the GQA group rounded up to a power of two, at most 8 and at most what the register
+// budget allows (GS * D / 32 accumulators per lane <= 64).
+int group_size(int group, int D) {
+    const int cap = std::min(8, 64 / (D / 32));
+    int       gs  = 1;
+    while (gs < group && gs < cap) {
+        gs *= 2;
+    }
+    return gs;
+}
+
+template <int D> void launch_d(const Params & p, int gs, dim3 grid, cudaStream_t stream) {
+    switch (gs) {
+        case 1:
+            launch<D, 1>(p, grid, stream);
+            break;
+        case 2:
+            launch<D, 2>(p, grid, stream);
+            break;
+        case 4:
+            launch<D, 4>(p, grid, stream);
+            break;
+        default:
+            if constexpr (D <= 256) {
+                launch<D, 8>(p, grid, stream);
+            }
+            break;
+    }
+}
+
+int run(const cocktail_attn_args & a, Params & p, cudaStream_t stream) {
+    const int D = a.head_dim;
+    if (D != 32 && D != 64 && D != 128 && D != 256) {
+        return fail(COCKTAIL_EUNSUPPORTED,
+                    "cocktail_attn_mixed_regions_cuda: head_dim " + std::to_string(D) + " (CUDA kernels: 32, 64, 128, 256)");
+    }
+    const int gs = group_size(p.group, D);
+    p.n_gblocks  = (p.group + gs - 1) / gs;
+    int dev = 0, n_sm = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev);
+    const int base_blocks = p.n_head_kv * p.n_gblocks * p.n_q;
+    p.n_splits            = std::max(1, std::min((4 * n_sm + base_blocks - 1) / base_blocks, (p.n_units + 3) / 4));
+    p.units_per_split     = std::max(1, (p.n_units + p.n_splits - 1) / p.n_splits);
+    p.n_splits            = std::max(1, (p.n_units + p.units_per_split - 1) / p.units_per_split);
+    const dim3 grid(p.n_head_kv * p.n_gblocks, p.n_splits, p.n_q);
+    switch (D) {
+        case 32:
+            launch_d<32>(p, gs, grid, stream);
+            break;
+        case 64:
+            launch_d<64>(p, gs, grid, stream);
+            break;
+        case 128:
+            launch_d<128>(p, gs, grid, stream);
+            break;
+        default:
+            launch_d<256>(p, gs, grid, stream);
+            break;
+    }
+    if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
+        return cuda_fail(err, "attn_partial launch");
+    }
+    return COCKTAIL_OK;
+}
+
+// Device copy of one host buffer, freed with the object.
+struct DeviceBuffer {
+    void * ptr = nullptr;
+
+    ~DeviceBuffer() {
+        if (ptr) {
+            cudaFree(ptr);
+        }
+    }
+
+    cudaError_t upload(const void * src, size_t bytes) {
+        if (bytes == 0) {
+            return cudaSuccess;
+        }
+        if (cudaError_t err = cudaMalloc(&ptr, bytes); err != cudaSuccess) {
+            return err;
+        }
+        return src ? cudaMemcpy(ptr, src, bytes, cudaMemcpyHostToDevice) : cudaSuccess;
+    }
+};
+
+}  // namespace cocktail::cuda_impl
+
+extern "C" int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args * args) {
+    using namespace cocktail;
+    using namespace cocktail::cuda_impl;
+    if (args == nullptr) {
+        return fail(COCKTAIL_EINVAL, "cocktail_attn_mixed_regions_cuda: args is NULL");
+    }
+    const cocktail_attn_args & a = *args;
+    if (int rc = attn_mixed_regions_check(a); rc != COCKTAIL_OK) {
+        return rc;
+    }
+    if (a.n_regions + 1 > kMaxSegments) {
+        return fail(COCKTAIL_EUNSUPPORTED, "cocktail_attn_mixed_regions_cuda: " + std::to_string(a.n_regions) +
+                                               " regions (the kernel takes up to " +
+                                               std::to_string(kMaxSegments - 1) + ")");
+    }
+    const int D = a.head_dim, n_q = a.n_q_tokens;
+    Params    p{};
+    p.n_q = n_q, p.n_head = a.n_head, p.n_head_kv = a.n_head_kv, p.group = a.n_head / a.n_head_kv;
+    p.scale = a.kq_scale;
+
+    // every buffer to the device: q packed [n_q][n_head][D], regions, tail (its byte span), mask
+    std::vector<DeviceBuffer> bufs(2 * a.n_regions + 6);
+    size_t                    nb = 0;
+    std::vector<float>        q_host(static_cast<size_t>(n_q) * a.n_head * D);
+    for (int i = 0; i < n_q; ++i) {
+        for (int h = 0; h < a.n_head; ++h) {
+            const auto * row = reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(a.q) +
+                                                               i * a.q_nb_token + h * a.q_nb_head);
+            std::copy(row, row + D, q_host.begin() + (static_cast<size_t>(i) * a.n_head + h) * D);
+        }
+    }
+    cudaError_t err = bufs[nb].upload(q_host.data(), q_host.size() * sizeof(float));
+    p.q = static_cast<const float *>(bufs[nb++].ptr);
+    p.q_nb_token = static_cast<size_t>(a.n_head) * D * sizeof(float), p.q_nb_head = D * sizeof(float);
+    int units = 0;
+    for (int r = 0; r < a.n_regions && err == cudaSuccess; ++r) {
+        const cocktail_kv_region & reg = a.regions[r];
+        if (reg.n_tokens == 0) {
+            continue;
+        }
+        const size_t bytes = region_bytes(reg.precision, reg.n_tokens, a.n_head_kv, D);
+        Segment &    s     = p.seg[p.n_segments++];
+        s.kind = reg.precision, s.n_tokens = reg.n_tokens, s.unit0 = units;
+        err = bufs[nb].upload(reg.k, bytes);
+        s.k = static_cast<const uint8_t *>(bufs[nb++].ptr);
+        if (err == cudaSuccess) {
+            err = bufs[nb].upload(reg.v, bytes);
+        }
+        s.v = static_cast<const uint8_t *>(bufs[nb++].ptr);
+        units += (reg.n_tokens + kUnit - 1) / kUnit;
+    }
+    if (a.n_tail > 0 && err == cudaSuccess) {
+        // the tail's byte span: from its first element to one past its last, under any non-negative strides
+        auto span = [&](size_t nb_token, size_t nb_a, size_t nb_b, size_t n_a, size_t n_b) {
+            return (a.n_tail - 1) * nb_token + (n_a - 1) * nb_a + (n_b - 1) * nb_b + 2;
+        };
+        Segment & s = p.seg[p.n_segments++];
+        s.kind = kTail, s.n_tokens = a.n_tail, s.unit0 = units;
+        err = bufs[nb].upload(a.tail_k, span(a.tail_k_nb_token, a.tail_k_nb_head, 2, a.n_head_kv, D));
+        s.k = static_cast<const uint8_t *>(bufs[nb++].ptr);
+        if (err == cudaSuccess) {
+            err = bufs[nb].upload(a.tail_v, span(a.tail_v_nb_token, a.tail_v_nb_head, a.tail_v_nb_channel,
+                                                 a.n_head_kv, D));
+        }
+        s.v = static_cast<const uint8_t *>(bufs[nb++].ptr);
+        p.tk_nb_token = a.tail_k_nb_token, p.tk_nb_head = a.tail_k_nb_head;
+        p.tv_nb_token = a.tail_v_nb_token, p.tv_nb_channel = a.tail_v_nb_channel, p.tv_nb_head = a.tail_v_nb_head;
+        if (a.mask != nullptr && err == cudaSuccess) {
+            err = bufs[nb].upload(a.mask, (n_q - 1) * a.mask_nb_row + a.n_tail * (a.mask_f16 ? 2 : 4));
+            p.mask = static_cast<const uint8_t *>(bufs[nb++].ptr);
+            p.mask_nb_row = a.mask_nb_row, p.mask_f16 = a.mask_f16;
+        }
+        units += (a.n_tail + kUnit - 1) / kUnit;
+    }
+    if (err != cudaSuccess) {
+        return cuda_fail(err, "copying the inputs");
+    }
+    p.n_units = units;
+    DeviceBuffer out;
+    const size_t out_bytes = static_cast<size_t>(n_q) * a.n_head * D * sizeof(float);
+    if (units == 0) {  // nothing visible: zeros, as the CPU op
+        for (int i = 0; i < n_q; ++i) {
+            for (int h = 0; h < a.n_head; ++h) {
+                float * row = reinterpret_cast<float *>(reinterpret_cast<uint8_t *>(a.out) + i * a.out_nb_token +
+                                                        h * a.out_nb_head);
+                std::fill(row, row + D, 0.0f);
+            }
+        }
+        return COCKTAIL_OK;
+    }
+    // splits are chosen in run(); scratch for the largest split count it can pick (one per 4 units)
+    const size_t max_rows = static_cast<size_t>(n_q) * a.n_head * std::max(1, (units + 3) / 4);
+    DeviceBuffer acc, ml;
+    if ((err = acc.upload(nullptr, max_rows * D * sizeof(float))) != cudaSuccess ||
+        (err = ml.upload(nullptr, max_rows * sizeof(float2))) != cudaSuccess ||
+        (err = out.upload(nullptr, out_bytes)) != cudaSuccess) {
+        return cuda_fail(err, "allocating scratch");
+    }
+    p.part_acc = static_cast<float *>(acc.ptr);
+    p.part_ml  = static_cast<float2 *>(ml.ptr);
+    // poison: a row the kernels forget to write comes back NaN
+    if ((err = cudaMemset(out.ptr, 0xff, out_bytes)) != cudaSuccess ||
+        (err = cudaMemset(acc.ptr, 0xff, max_rows * D * sizeof(float))) != cudaSuccess) {
+        return cuda_fail(err, "poisoning the outputs");
+    }
+    if (int rc = run(a, p, nullptr); rc != COCKTAIL_OK) {
+        return rc;
+    }
+    attn_merge<<<dim3(a.n_head, n_q), D>>>(p.part_acc, p.part_ml, p.n_splits, a.n_head, D,
+                                           static_cast<uint8_t *>(out.ptr), static_cast<size_t>(a.n_head) * D * 4,
+                                           static_cast<size_t>(D) * 4);
+    if ((err = cudaGetLastError()) != cudaSuccess || (err = cudaDeviceSynchronize()) != cudaSuccess) {
+        return cuda_fail(err, "running the kernels");
+    }
+    std::vector<float> out_host(static_cast<size_t>(n_q) * a.n_head * D);
+    if ((err = cudaMemcpy(out_host.data(), out.ptr, out_bytes, cudaMemcpyDeviceToHost)) != cudaSuccess) {
+        return cuda_fail(err, "copying the output");
+    }
+    for (int i = 0; i < n_q; ++i) {
+        for (int h = 0; h < a.n_head; ++h) {
+            float * row = reinterpret_cast<float *>(reinterpret_cast<uint8_t *>(a.out) + i * a.out_nb_token +
+                                                    h * a.out_nb_head);
+            const float * src = out_host.data() + (static_cast<size_t>(i) * a.n_head + h) * D;
+            std::copy(src, src + D, row);
+        }
+    }
+    return COCKTAIL_OK;
+}

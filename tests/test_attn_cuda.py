@@ -1,0 +1,95 @@
+"""Mixed-region attention on CUDA (native/cocktail_attn_cuda.cu) against the float64 reference and the CPU op,
+over the CPU reference tests' random shapes and plans plus long contexts that exercise the split-K merge.
+
+Tolerance: the float64 reference bound of test_attn_mixed_regions (the kernel is fp32 throughout, like the CPU
+op; only the summation order differs). Skipped unless the library was built with CUDA and a GPU is visible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import test_attn_mixed_regions as cpu
+
+from cocktail_gguf import _native, native_ops
+
+
+def _cuda_ready() -> str | None:
+    if not _native.build_info().get("cuda"):
+        return "library built without CUDA"
+    if not any(d.get("type") == "gpu" or "CUDA" in str(d.get("name", "")) for d in _native.devices()):
+        return "no CUDA device visible"
+    return None
+
+
+needs_cuda = pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
+
+
+def _cuda(b: cpu.Built, c: cpu.Case, regions: list[native_ops.PackedRegion]) -> np.ndarray:
+    tail = {}
+    if c.n_tail:
+        tail = {"tail_k": b.k[:, c.n_ctx :], "tail_v": b.v[:, c.n_ctx :], "mask": b.mask}
+    return native_ops.attn_mixed_regions(
+        b.q, regions, n_head_kv=c.n_head_kv, kq_scale=b.kq_scale, device="cuda", **tail
+    )
+
+
+def _long_case(seed: int) -> cpu.Case:
+    rng = np.random.default_rng(5000 + seed)
+    return cpu.Case(
+        head_dim=int(rng.choice([64, 128, 256])),
+        n_head_kv=int(rng.choice([1, 2, 8])),
+        group=int(rng.choice([1, 4, 8])),
+        chunk_size=32,
+        n_ctx=int(rng.integers(2000, 9000)),
+        plan="random",
+        n_tail=int(rng.choice([1, 5, 33])),
+        n_q=1,
+        v_transposed=bool(rng.random() < 0.5),
+        mask_f16=False,
+        q_gain=float(rng.choice([1.0, 4.0])),
+        n_threads=2,
+        seed=seed,
+    )
+
+
+CASES = [cpu._random_case(i) for i in range(200)] + [_long_case(i) for i in range(12)]
+IDS = [f"{'case' if i < 200 else 'long'}{c.seed}-ctx{c.n_ctx}" for i, c in enumerate(CASES)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_cuda_matches_reference_and_cpu(case: cpu.Case) -> None:
+    b = cpu._build(case)
+    regions = cpu._regions(b, case, None)
+    got = _cuda(b, case, regions)
+    assert np.isfinite(got).all(), "an output row was not written (poisoned NaN came back)"
+    want, tol = cpu._reference(b, case, regions)
+    assert np.max(np.abs(got - want), initial=0.0) <= tol
+    on_cpu = cpu._run(b, case, regions, 2)
+    assert np.max(np.abs(got - on_cpu), initial=0.0) <= 2 * tol
+
+
+@needs_cuda
+def test_many_regions_and_rows_that_see_nothing() -> None:
+    c = cpu.Case(128, 2, 4, 32, 600, "random", 9, 3, False, False, 1.0, 2, seed=91)
+    b = cpu._build(c)
+    regions = cpu._regions(b, c, None)
+    empty = native_ops.PackedRegion("q2", 0, np.zeros(0, np.uint8), np.zeros(0, np.uint8))
+    many = [empty, *regions, empty, *reversed(regions)]  # duplicates count twice, as on the CPU
+    np.testing.assert_allclose(_cuda(b, c, many), cpu._run(b, c, many, 2), rtol=0, atol=1e-4)
+    nothing = native_ops.attn_mixed_regions(b.q, [], n_head_kv=c.n_head_kv, kq_scale=1.0, device="cuda")
+    assert not nothing.any()
+    too_many = [regions[0]] * 17
+    with pytest.raises(_native.NativeError, match="17 regions"):
+        _cuda(b, c, too_many)
+
+
+@pytest.mark.skipif(bool(_native.build_info().get("cuda")), reason="CUDA build")
+def test_cpu_build_refuses_cuda_with_a_message() -> None:
+    c = cpu._random_case(0)
+    b = cpu._build(c)
+    with pytest.raises(_native.NativeError, match="built without CUDA"):
+        _cuda(b, c, cpu._regions(b, c, None))
+    with pytest.raises(ValueError, match="device='tpu'"):
+        native_ops.attn_mixed_regions(b.q, [], n_head_kv=c.n_head_kv, kq_scale=1.0, device="tpu")
