@@ -11,6 +11,7 @@ import llama_cpp
 import numpy as np
 
 from . import _native, segmented_cache
+from .encoders import check_encoder_spec
 from .plan import Plan
 from .planner import validate_planner_options
 from .segmented_cache import LayerRegions
@@ -49,6 +50,21 @@ class Answer:
         return self.text
 
 
+def _gguf_problem(path: str) -> str:
+    """Why llama.cpp may have refused a model file, from its first bytes (its log is off unless verbose)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        return f"cannot read it ({exc})"
+    if magic != b"GGUF":
+        return f"not a GGUF file (it starts with {magic!r}, not b'GGUF')"
+    return (
+        "a GGUF file llama.cpp could not load (truncated, corrupt or an unsupported model; "
+        "verbose=True shows llama.cpp's reason)"
+    )
+
+
 def _first_stop(text: str, stops: list[str]) -> int:
     """Index where the earliest stop string starts in text, -1 if none does."""
     hits = [text.index(s) for s in stops if s and s in text]
@@ -79,15 +95,20 @@ class Llama(llama_cpp.Llama):
         **kwargs: Any,
     ) -> None:
         validate_kv_options(kv_mode, chunk_size, alpha, beta)
+        check_encoder_spec(encoder)  # before the model loads: a missing encoder path fails fast
         self.kv_mode = kv_mode
         self.chunk_size = chunk_size
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.encoder = encoder
         self._cocktail_plan: Plan | None = None
-        self._segmented_active = False
         self._planner: Any = None
-        super().__init__(model_path, *args, **kwargs)
+        try:
+            super().__init__(model_path, *args, **kwargs)
+        except ValueError as exc:
+            if not str(exc).startswith("Failed to load model"):
+                raise
+            raise ValueError(f"{exc}: {_gguf_problem(model_path)}") from exc
         if kv_mode != "f16":
             try:
                 segmented_cache.check_supported(self._ctx.ctx)
@@ -138,6 +159,8 @@ class Llama(llama_cpp.Llama):
         ``ignore_eos``), a ``stop`` string or ``max_tokens``. ``Answer.timings`` has the seconds spent
         planning, prefilling, compacting and decoding.
         """
+        if self._ctx.ctx is None:
+            raise ValueError("this Llama is closed (close() freed its model and context)")
         if not isinstance(context, str):
             raise ValueError(f"context={context!r} must be a string")
         if not isinstance(query, str) or not query.strip():
@@ -150,6 +173,9 @@ class Llama(llama_cpp.Llama):
             raise ValueError(
                 "plan given with kv_mode='f16', which keeps llama.cpp's cache: use kv_mode='cocktail'"
             )
+        if stop is not None and not isinstance(stop, str):
+            if not isinstance(stop, Sequence) or not all(isinstance(s, str) for s in stop):
+                raise ValueError(f"stop={stop!r} must be a string or a sequence of strings")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
 
         context_ids = list(self.tokenize(context.encode("utf-8"), add_bos=False, special=False))
@@ -167,7 +193,6 @@ class Llama(llama_cpp.Llama):
         self._clear_cache()
         if plan is not None:
             segmented_cache.set_plan(self._ctx.ctx, plan, pos0=len(prefix))
-            self._segmented_active = True
         self._cocktail_plan = plan
         self.eval(prompt)
         t2 = time.perf_counter()
@@ -220,6 +245,8 @@ class Llama(llama_cpp.Llama):
         if self.kv_mode == "f16":
             return None
         if plan is not None:
+            if plan.chunk_size > 256:  # before the cache is cleared: the native plan takes 1..256
+                raise ValueError(f"plan.chunk_size={plan.chunk_size} is larger than 256, the cache's limit")
             if plan.n_context_tokens != len(context_ids):
                 raise ValueError(
                     f"plan.n_context_tokens={plan.n_context_tokens} but the context has "
@@ -245,29 +272,29 @@ class Llama(llama_cpp.Llama):
 
     def _clear_cache(self) -> None:
         """Empties llama.cpp's cache and drops the segmented cache's plan and regions."""
-        if self.kv_mode != "f16":
-            segmented_cache.clear(self._ctx.ctx)
-        self._segmented_active = False
+        segmented_cache.clear(self._ctx.ctx)
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         if mem is not None:
             llama_cpp.llama_memory_clear(mem, True)
+        segmented_cache.forget(self._ctx.ctx)
         self.n_tokens = 0
         self._requires_eval = True
 
-    # llama-cpp-python's own entry points (create_completion, generate, ...) run after an ask() on a clean
-    # cache: its prefix reuse does not know that the context moved into the regions.
+    # llama-cpp-python's own entry points (create_completion, generate, ...) run after an ask(), or any plan
+    # or compaction through segmented_cache, on a clean cache: its prefix reuse does not know that the
+    # context moved into the regions (or that regions of another prompt would join the attention).
     def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
-        if self._segmented_active:
+        if segmented_cache.changed(self._ctx.ctx):
             self._clear_cache()
         return super().generate(tokens, *args, **kwargs)
 
     def reset(self) -> None:
-        if self._segmented_active:
+        if segmented_cache.changed(self._ctx.ctx):
             self._clear_cache()
         super().reset()
 
     def save_state(self) -> Any:
-        if self._segmented_active:
+        if segmented_cache.changed(self._ctx.ctx):
             raise NotImplementedError(
                 "save_state() after ask() with a segmented cache: the Q2/Q4/F16 regions are not saved (v1)"
             )
@@ -277,4 +304,6 @@ class Llama(llama_cpp.Llama):
         # __init__ may raise before llama_cpp.Llama set up its resources (bad options above);
         # llama_free drops the context's segmented cache (ggml_patches/0003)
         if hasattr(self, "_stack"):
+            if getattr(self, "_ctx", None) is not None:
+                segmented_cache.forget(self._ctx.ctx)  # a later context may get the same address
             super().close()
