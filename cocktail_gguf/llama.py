@@ -13,6 +13,7 @@ import numpy as np
 from typing_extensions import TypedDict, Unpack
 
 from . import _native, completion, segmented_cache
+from .encoders import check_encoder_spec
 from .f16_snapshot import F16Snapshot
 from .plan import Plan
 from .planner import validate_planner_options
@@ -86,6 +87,21 @@ class AskOptions(TypedDict, total=False):
     ignore_eos: bool
 
 
+def _gguf_problem(path: str) -> str:
+    """Why llama.cpp may have refused a model file, from its first bytes (its log is off unless verbose)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        return f"cannot read it ({exc})"
+    if magic != b"GGUF":
+        return f"not a GGUF file (it starts with {magic!r}, not b'GGUF')"
+    return (
+        "a GGUF file llama.cpp could not load (truncated, corrupt or an unsupported model; "
+        "verbose=True shows llama.cpp's reason)"
+    )
+
+
 def _first_stop(text: str, stops: list[str]) -> int:
     """Index where the earliest stop string starts in text, -1 if none does."""
     hits = [text.index(s) for s in stops if s and s in text]
@@ -120,6 +136,7 @@ class Llama(llama_cpp.Llama):
         **kwargs: Any,
     ) -> None:
         validate_kv_options(kv_mode, chunk_size, alpha, beta)
+        check_encoder_spec(encoder)  # before the model loads: a missing encoder path fails fast
         if not isinstance(keep_f16_context, bool):
             raise ValueError(f"keep_f16_context={keep_f16_context!r} must be True or False")
         self.keep_f16_context = keep_f16_context
@@ -138,7 +155,12 @@ class Llama(llama_cpp.Llama):
         self._cocktail_plan: Plan | None = None
         self._segmented_active = False
         self._planner: Any = None
-        super().__init__(model_path, *args, **kwargs)
+        try:
+            super().__init__(model_path, *args, **kwargs)
+        except ValueError as exc:
+            if not str(exc).startswith("Failed to load model"):
+                raise
+            raise ValueError(f"{exc}: {_gguf_problem(model_path)}") from exc
         if kv_mode != "f16":
             try:
                 self._check_segmented_supported()
@@ -228,6 +250,9 @@ class Llama(llama_cpp.Llama):
         A token that completes a ``stop`` string is not yielded."""
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
             raise ValueError(f"max_tokens={max_tokens!r} must be a non-negative integer")
+        if stop is not None and not isinstance(stop, str):
+            if not isinstance(stop, Sequence) or not all(isinstance(s, str) for s in stop):
+                raise ValueError(f"stop={stop!r} must be a string or a sequence of strings")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         plan, timings = self._load_context(context_ids, query_ids, plan, query_text, mode, max_tokens)
         t3 = time.perf_counter()
@@ -296,6 +321,8 @@ class Llama(llama_cpp.Llama):
         mode: str | None,
         max_tokens: int,
     ) -> tuple[Plan | None, dict[str, float]]:
+        if self._ctx.ctx is None:
+            raise ValueError("this Llama is closed (close() freed its model and context)")
         mode = self.kv_mode if mode is None else mode
         if not isinstance(mode, str) or mode not in KV_MODES:
             raise ValueError(f"mode={mode!r} is not one of {', '.join(KV_MODES)}")
@@ -406,6 +433,8 @@ class Llama(llama_cpp.Llama):
         if mode == "f16":
             return None
         if plan is not None:
+            if plan.chunk_size > 256:  # before the cache is cleared: the native plan takes 1..256
+                raise ValueError(f"plan.chunk_size={plan.chunk_size} is larger than 256, the cache's limit")
             if plan.n_context_tokens != len(context_ids):
                 raise ValueError(
                     f"plan.n_context_tokens={plan.n_context_tokens} but the context has "
@@ -432,12 +461,12 @@ class Llama(llama_cpp.Llama):
 
     def _clear_cache(self) -> None:
         """Empties llama.cpp's cache and drops the segmented cache's plan and regions."""
-        if self._segmented_checked:
-            segmented_cache.clear(self._ctx.ctx)
+        segmented_cache.clear(self._ctx.ctx)  # also a plan set through segmented_cache directly
         self._segmented_active = False
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         if mem is not None:
             llama_cpp.llama_memory_clear(mem, True)
+        segmented_cache.forget(self._ctx.ctx)
         self.n_tokens = 0
         self._requires_eval = True
 
@@ -510,12 +539,12 @@ class Llama(llama_cpp.Llama):
     # llama-cpp-python's own entry points (create_completion, generate, ...) run after an ask() on a clean
     # cache: its prefix reuse does not know that the context moved into the regions.
     def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
-        if self._segmented_active:
+        if self._segmented_active or segmented_cache.changed(self._ctx.ctx):
             self._clear_cache()
         return super().generate(tokens, *args, **kwargs)
 
     def reset(self) -> None:
-        if self._segmented_active:
+        if self._segmented_active or segmented_cache.changed(self._ctx.ctx):
             self._clear_cache()
         super().reset()
 
@@ -545,4 +574,6 @@ class Llama(llama_cpp.Llama):
         # __init__ may raise before llama_cpp.Llama set up its resources (bad options above);
         # llama_free drops the context's segmented cache (ggml_patches/0003)
         if hasattr(self, "_stack"):
+            if getattr(self, "_ctx", None) is not None and self._ctx.ctx is not None:
+                segmented_cache.forget(self._ctx.ctx)  # a later context may get the same address
             super().close()

@@ -18,6 +18,11 @@ from .plan import PRECISIONS, Plan
 SEQ_ID = 0
 """The only sequence the segmented cache (v1) serves."""
 
+_changed: set[int] = set()
+"""Addresses of the llama contexts a plan or compaction went to since `forget`: their llama.cpp cache may
+miss compacted positions, or stale regions may join their attention, so llama-cpp-python's prefix reuse
+must not trust it (`cocktail_gguf.Llama` empties it first)."""
+
 
 @dataclass(frozen=True)
 class LayerRegions:
@@ -34,21 +39,35 @@ class LayerRegions:
         return sum(self.k_bytes.values()) + sum(self.v_bytes.values())
 
 
-def _ctx_ptr(ctx: Any) -> Any:
-    """A cffi `struct llama_context *` from llama-cpp-python's ctypes context pointer."""
+def _ctx_ptr(ctx: Any, changing: bool = False) -> Any:
+    """A cffi `struct llama_context *` from llama-cpp-python's ctypes context pointer; ``changing``: the
+    call may change the context's cache (recorded for `changed`)."""
     address = ctypes.cast(ctx, ctypes.c_void_p).value
     if not address:
         raise ValueError("the llama context is closed (NULL)")
+    if changing:
+        _changed.add(address)
     return _native.ffi.cast("struct llama_context *", address)
+
+
+def changed(ctx: Any) -> bool:
+    """True if `set_plan` or `compact` reached ctx since `forget(ctx)` (False for a closed context)."""
+    return ctypes.cast(ctx, ctypes.c_void_p).value in _changed
+
+
+def forget(ctx: Any) -> None:
+    """For the owner of ctx, after it emptied the llama.cpp cache and cleared the plan: nothing is left."""
+    _changed.discard(ctypes.cast(ctx, ctypes.c_void_p).value or 0)
 
 
 def set_plan(ctx: Any, plan: Plan, pos0: int) -> None:
     """Plans sequence 0: the context's first token sits at position ``pos0`` (1 after a BOS)."""
     codes = np.ascontiguousarray(plan.native_codes(), dtype=np.uint8)
     buf = _native.ffi.from_buffer("uint8_t[]", codes) if codes.size else _native.ffi.NULL
+    ptr = _ctx_ptr(ctx, changing=True)
     _native.check(
         _native.lib().cocktail_set_plan(
-            _ctx_ptr(ctx), SEQ_ID, pos0, plan.chunk_size, buf, plan.n_chunks, plan.n_context_tokens
+            ptr, SEQ_ID, pos0, plan.chunk_size, buf, plan.n_chunks, plan.n_context_tokens
         ),
         "cocktail_set_plan",
     )
@@ -68,7 +87,7 @@ def clear(ctx: Any) -> None:
 
 
 def compact(ctx: Any) -> None:
-    _native.check(_native.lib().cocktail_compact(_ctx_ptr(ctx), SEQ_ID), "cocktail_compact")
+    _native.check(_native.lib().cocktail_compact(_ctx_ptr(ctx, changing=True), SEQ_ID), "cocktail_compact")
 
 
 def check(ctx: Any) -> None:

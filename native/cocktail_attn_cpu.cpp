@@ -840,32 +840,29 @@ void run_tile(const Kernels &            K,
         const int       iq1 = (r1 - 1) / P.G;
         const uint8_t * tk  = static_cast<const uint8_t *>(a.tail_k) + static_cast<size_t>(hkv) * a.tail_k_nb_head;
         const uint8_t * tv  = static_cast<const uint8_t *>(a.tail_v) + static_cast<size_t>(hkv) * a.tail_v_nb_head;
-        int             idx[kBlockTokens];
-        for (int j = 0; j < a.n_tail;) {
-            // next up to 32 tail tokens visible to at least one row of the tile
-            int nt = 0;
-            for (; j < a.n_tail && nt < kBlockTokens; ++j) {
-                bool visible = a.mask == nullptr;
-                for (int iq = iq0; iq <= iq1 && !visible; ++iq) {
-                    visible = mask_value(a, iq, j) != kNegInf;
-                }
-                if (visible) {
-                    idx[nt++] = j;
+        for (int j0 = 0; j0 < a.n_tail; j0 += kBlockTokens) {
+            // fixed 32-token windows, skipped when masked for every row of the tile: a row's blocks (and so its
+            // rounding) do not depend on which other rows share its tile; masked tokens add exact zeros
+            const int nt      = std::min(kBlockTokens, a.n_tail - j0);
+            bool      visible = a.mask == nullptr;
+            for (int iq = iq0; iq <= iq1 && !visible; ++iq) {
+                for (int t = 0; t < nt && !visible; ++t) {
+                    visible = mask_value(a, iq, j0 + t) != kNegInf;
                 }
             }
-            if (nt == 0) {
-                break;
+            if (!visible) {
+                continue;
             }
             for (int t = 0; t < nt; ++t) {
-                krows[t] = tk + static_cast<size_t>(idx[t]) * a.tail_k_nb_token;
-                vrows[t] = tv + static_cast<size_t>(idx[t]) * a.tail_v_nb_token;
+                krows[t] = tk + static_cast<size_t>(j0 + t) * a.tail_k_nb_token;
+                vrows[t] = tv + static_cast<size_t>(j0 + t) * a.tail_v_nb_token;
             }
             K.scores_f16(krows, nt, S.qf, R, D, S.sc);
             if (a.mask != nullptr) {
                 for (int i = 0; i < R; ++i) {
                     const int iq = (r0 + i) / P.G;
                     for (int t = 0; t < nt; ++t) {
-                        S.sc[i * 32 + t] += mask_value(a, iq, idx[t]);
+                        S.sc[i * 32 + t] += mask_value(a, iq, j0 + t);
                     }
                 }
             }

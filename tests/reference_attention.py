@@ -163,3 +163,19 @@ def mixed_attention(
     k = np.concatenate([x.astype(np.float64) for x in ks], axis=1)
     v = np.concatenate([x.astype(np.float64) for x in vs], axis=1)
     return attention(q, k, v, kq_scale, np.concatenate(masks, axis=1))
+
+
+def attention_tolerance(q: np.ndarray, k: np.ndarray, v: np.ndarray, kq_scale: float) -> float:
+    """Allowed max |native - float64| of fp32 attention over exactly these K/V values (all tokens, masked
+    ones too): ``16 u max|V| (2 S + sqrt(N + 4) + 4)``, u = 2^-24, S = kq_scale * max over (row, token) of
+    sum_d |q_d k_d|. Derivation in tests/test_attn_mixed_regions.py; 0 when there is no token.
+
+    q (n_q, n_head, D); k, v (n_head_kv, N, D) with query head h on KV head h // (n_head // n_head_kv)."""
+    n_q, n_head, head_dim = q.shape
+    n_head_kv, n, _ = k.shape
+    if n == 0:
+        return 0.0
+    qa = np.abs(q.astype(np.float64)).reshape(n_q, n_head_kv, n_head // n_head_kv, head_dim)
+    s_abs = kq_scale * np.einsum("qhgd,hnd->qhgn", qa, np.abs(k.astype(np.float64))).max()
+    u32 = 2.0**-24
+    return float(16 * u32 * np.abs(v).max() * (2 * s_abs + np.sqrt(n + 4) + 4))

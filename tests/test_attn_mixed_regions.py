@@ -24,7 +24,6 @@ import reference_attention as ref
 
 from cocktail_gguf import native_ops
 
-U32 = 2.0**-24
 ORDER = ("q2", "q4", "f16")
 
 
@@ -130,15 +129,8 @@ def _reference(b: Built, c: Case, regions: list[native_ops.PackedRegion]) -> tup
 
     ks = [k for k, _ in parts] + ([tail[0]] if tail else [])
     vs = [v for _, v in parts] + ([tail[1]] if tail else [])
-    k_all = np.concatenate(ks, axis=1)
-    v_all = np.concatenate(vs, axis=1)
-    n = k_all.shape[1]
-    if n == 0:
-        return out, 0.0
-    qa = np.abs(b.q.astype(np.float64)).reshape(c.n_q, c.n_head_kv, c.group, c.head_dim)
-    s_abs = b.kq_scale * np.einsum("qhgd,hnd->qhgn", qa, np.abs(k_all)).max()
-    tol = 16 * U32 * np.abs(v_all).max() * (2 * s_abs + np.sqrt(n + 4) + 4)
-    return out, float(tol)
+    tol = ref.attention_tolerance(b.q, np.concatenate(ks, axis=1), np.concatenate(vs, axis=1), b.kq_scale)
+    return out, tol
 
 
 def _random_case(seed: int) -> Case:

@@ -59,14 +59,29 @@ def _load(spec: str) -> Encoder | SimilarityScorer:
         return GGUFEncoder(minilm_gguf_path())
     if spec == "bm25":
         return BM25Scorer()
+    check_encoder_spec(spec)
     path = Path(spec).expanduser()
-    if path.is_file() and path.suffix.lower() == ".gguf":
+    if path.is_file():
         return GGUFEncoder(path)
-    if path.is_dir():
-        return SentenceTransformerEncoder(path)
+    return SentenceTransformerEncoder(path)
+
+
+def check_encoder_spec(spec: EncoderSpec) -> None:
+    """Raises ValueError naming ``spec`` if `get_encoder` would refuse it; loads nothing."""
+    if spec is None or isinstance(spec, (Encoder, SimilarityScorer)):
+        return
+    if isinstance(spec, (str, Path)):
+        text = str(spec)
+        path = Path(text).expanduser()
+        if text in NAMED_ENCODERS or (path.is_file() and path.suffix.lower() == ".gguf") or path.is_dir():
+            return
+        raise ValueError(
+            f"encoder={text!r} is not one of {', '.join(NAMED_ENCODERS)}, an existing .gguf file, "
+            "or a model folder"
+        )
     raise ValueError(
-        f"encoder={spec!r} is not one of {', '.join(NAMED_ENCODERS)}, an existing .gguf file, "
-        "or a model folder"
+        f"encoder={spec!r} is neither a name, a path, nor an object with `name` and "
+        "`embed(texts)` or `similarities(query, texts)`"
     )
 
 
@@ -100,6 +115,7 @@ __all__ = [
     "NAMED_ENCODERS",
     "SentenceTransformerEncoder",
     "SimilarityScorer",
+    "check_encoder_spec",
     "cosine_similarities",
     "default_minilm_path",
     "embed_texts",
