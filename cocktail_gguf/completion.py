@@ -3,7 +3,8 @@ in kv_mode "cocktail" | "q4" | "q2".
 
 Where the query comes from: in chat, the last user message (or ``cocktail_query``); everything the chat
 template puts before it is the context, the message and the template's assistant header are the query.
-In a plain completion, ``cocktail_query`` if given, else the prompt's last non-empty line.
+In a plain completion, ``cocktail_query`` if given, else the prompt's last non-empty line. A prompt that is
+all query (nothing before it) runs on llama.cpp's own cache: there is nothing to quantize.
 """
 
 from __future__ import annotations
@@ -167,9 +168,12 @@ def create_completion(
     if max_tokens is None or max_tokens <= 0:
         max_tokens = max(0, llm.n_ctx() - n_prompt)
     stops = _stop_list(stop)
+    # no context before the query: nothing to quantize, llama.cpp's own cache serves it
+    mode = None if context_ids else "f16"
     gen = llm.ask_stream(
-        context_ids, query_ids, query_text=query_text, max_tokens=max_tokens, temperature=temperature,
-        top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, stop=stops,
+        context_ids, query_ids, query_text=query_text, mode=mode, max_tokens=max_tokens,
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+        stop=stops,
     )  # fmt: skip
     head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time())}
     head["model"] = llm.model_path

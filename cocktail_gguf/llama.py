@@ -200,6 +200,7 @@ class Llama(llama_cpp.Llama):
         ``ignore_eos``), a ``stop`` string or ``max_tokens``. ``Answer.timings`` has the seconds spent
         planning, prefilling, compacting and decoding.
         """
+        self._check_open()
         if not isinstance(context, str):
             raise ValueError(f"context={context!r} must be a string")
         if not isinstance(query, str) or not query.strip():
@@ -321,8 +322,7 @@ class Llama(llama_cpp.Llama):
         mode: str | None,
         max_tokens: int,
     ) -> tuple[Plan | None, dict[str, float]]:
-        if self._ctx.ctx is None:
-            raise ValueError("this Llama is closed (close() freed its model and context)")
+        self._check_open()
         mode = self.kv_mode if mode is None else mode
         if not isinstance(mode, str) or mode not in KV_MODES:
             raise ValueError(f"mode={mode!r} is not one of {', '.join(KV_MODES)}")
@@ -423,6 +423,10 @@ class Llama(llama_cpp.Llama):
     def f16_snapshot_bytes(self) -> int:
         """Host-RAM bytes of the kept F16 copy of the last context (0 without ``keep_f16_context``)."""
         return self._f16_snapshot.nbytes if self._f16_snapshot is not None else 0
+
+    def _check_open(self) -> None:
+        if getattr(self, "_ctx", None) is None or self._ctx.ctx is None:
+            raise ValueError("this Llama is closed (close() freed its model and context)")
 
     def _check_segmented_supported(self) -> None:
         if not self._segmented_checked:
