@@ -146,32 +146,23 @@ def pack_kv_region(
     )
 
 
-def attn_mixed_regions(
+def _attn_args(
     q: np.ndarray,
     regions: Sequence[PackedRegion],
-    *,
     n_head_kv: int,
     kq_scale: float,
-    tail_k: np.ndarray | None = None,
-    tail_v: np.ndarray | None = None,
-    mask: np.ndarray | None = None,
-    n_threads: int = 1,
-    device: str = "cpu",
-) -> np.ndarray:
-    """Attention of q (float32, (n_q_tokens, n_head, head_dim)) over the regions and an optional fp16 tail.
-
-    device: "cpu" (n_threads threads) or "cuda" (the CUDA kernels on the current GPU; host arrays in and out).
-
-    tail_k, tail_v: float16 (n_head_kv, n_tail, head_dim) views with any non-negative strides (tail_k's
-    channels contiguous). mask: float32 or float16 (n_q_tokens, n_tail), additive (0 / -inf).
-    Returns float32 (n_q_tokens, n_head, head_dim)."""
+    tail_k: np.ndarray | None,
+    tail_v: np.ndarray | None,
+    mask: np.ndarray | None,
+) -> tuple[Any, np.ndarray, list[Any]]:
+    """The C argument struct, the output array it writes, and what must stay alive while it is used."""
     if q.dtype != np.float32 or q.ndim != 3 or q.strides[2] != 4:
         raise ValueError(
             f"q must be float32 (n_q, n_head, head_dim), channels contiguous; got {q.dtype} {q.shape}"
         )
     n_q, n_head, head_dim = q.shape
     out = np.zeros_like(q, order="C")
-    keep: list[Any] = []
+    keep: list[Any] = [q]
     c_regions = ffi.new("struct cocktail_kv_region[]", max(len(regions), 1))
     for i, r in enumerate(regions):
         c_regions[i].precision = _precision(r.precision)
@@ -189,6 +180,7 @@ def attn_mixed_regions(
     a.q, a.q_nb_token, a.q_nb_head = _ptr(q, "const float *"), *_strides(q, "q")[:2]
     a.out, a.out_nb_token, a.out_nb_head = _ptr(out, "float *"), out.strides[0], out.strides[1]
     a.regions, a.n_regions = c_regions, len(regions)
+    keep.append(c_regions)
     if tail_k is not None or tail_v is not None:
         if tail_k is None or tail_v is None:
             raise ValueError("tail_k and tail_v go together")
@@ -221,13 +213,58 @@ def attn_mixed_regions(
             a.mask_f16 = int(mask.dtype == np.float16)
     elif mask is not None:
         raise ValueError("mask without a tail")
+    return a, out, keep
+
+
+def attn_mixed_regions(
+    q: np.ndarray,
+    regions: Sequence[PackedRegion],
+    *,
+    n_head_kv: int,
+    kq_scale: float,
+    tail_k: np.ndarray | None = None,
+    tail_v: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    n_threads: int = 1,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Attention of q (float32, (n_q_tokens, n_head, head_dim)) over the regions and an optional fp16 tail.
+
+    tail_k, tail_v: float16 (n_head_kv, n_tail, head_dim) views with any non-negative strides (tail_k's
+    channels contiguous). mask: float32 or float16 (n_q_tokens, n_tail), additive (0 / -inf).
+    device: "cpu" (n_threads threads) or "cuda" (the CUDA kernels on the current GPU; host arrays in and out).
+    Returns float32 (n_q_tokens, n_head, head_dim)."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} is not 'cpu' or 'cuda'")
+    a, out, _keep = _attn_args(q, regions, n_head_kv, kq_scale, tail_k, tail_v, mask)
     if device == "cuda":
         check(lib().cocktail_attn_mixed_regions_cuda(a), "cocktail_attn_mixed_regions_cuda")
-    elif device == "cpu":
-        check(lib().cocktail_attn_mixed_regions(a, n_threads), "cocktail_attn_mixed_regions")
     else:
-        raise ValueError(f"device={device!r} is not 'cpu' or 'cuda'")
+        check(lib().cocktail_attn_mixed_regions(a, n_threads), "cocktail_attn_mixed_regions")
     return out
+
+
+def attn_cuda_bench(
+    q: np.ndarray,
+    regions: Sequence[PackedRegion],
+    *,
+    n_head_kv: int,
+    kq_scale: float,
+    tail_k: np.ndarray | None = None,
+    tail_v: np.ndarray | None = None,
+    n_iters: int = 50,
+) -> dict[str, float]:
+    """Times the CUDA kernels on device copies of the inputs: ms per call, bytes one call reads, its GB/s,
+    and the device's copy bandwidth (GB/s, bytes read + written)."""
+    a, _out, _keep = _attn_args(q, regions, n_head_kv, kq_scale, tail_k, tail_v, None)
+    ms, nbytes, copy = ffi.new("double *"), ffi.new("double *"), ffi.new("double *")
+    check(lib().cocktail_attn_mixed_regions_cuda_bench(a, n_iters, ms, nbytes, copy), "cuda bench")
+    return {
+        "ms": ms[0],
+        "bytes_read": nbytes[0],
+        "attn_kernel_gbps": nbytes[0] / (ms[0] * 1e-3) / 1e9,
+        "copy_gbps": copy[0],
+    }
 
 
 def cpu_simd(mode: int = -1) -> bool:

@@ -127,6 +127,11 @@ COCKTAIL_API int cocktail_attn_mixed_regions(const struct cocktail_attn_args * a
 // in args is host memory; inputs are copied to the current device, the split-K kernels run, out is copied back.
 // COCKTAIL_EUNSUPPORTED in a build without CUDA, or for head_dim not in {32, 64, 128, 256} or > 16 regions.
 COCKTAIL_API int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args * args);
+// Benchmark of the same call: inputs uploaded once, then *ms = mean time of one call (both kernels, CUDA events,
+// n_iters calls after 3 warm-ups), *bytes_read = bytes one call reads (regions + fp16 tail + q),
+// *copy_gbps = this device's device-to-device cudaMemcpy bandwidth (bytes read + written per second, 1 GiB).
+COCKTAIL_API int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn_args * args, int n_iters,
+                                                        double * ms, double * bytes_read, double * copy_gbps);
 
 // CPU kernel variant: mode -1 queries, 0 forces the portable scalar code, 1 selects AVX2/FMA/F16C when the CPU has
 // them. Returns the variant now in use (1 = AVX2, 0 = scalar). Process-wide; for tests and benchmarks.

@@ -414,15 +414,16 @@ struct DeviceBuffer {
     }
 };
 
-}  // namespace cocktail::cuda_impl
+// Device copies of an attention call's inputs (pointers in the args are host memory), scratch and output.
+struct DeviceCall {
+    Params                    p{};
+    std::vector<DeviceBuffer> bufs;
+    DeviceBuffer              acc, ml, out;
+    size_t                    out_bytes = 0, bytes_read = 0;
+    int                       n_head = 0, D = 0;
+};
 
-extern "C" int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args * args) {
-    using namespace cocktail;
-    using namespace cocktail::cuda_impl;
-    if (args == nullptr) {
-        return fail(COCKTAIL_EINVAL, "cocktail_attn_mixed_regions_cuda: args is NULL");
-    }
-    const cocktail_attn_args & a = *args;
+int upload_call(const cocktail_attn_args & a, DeviceCall & c) {
     if (int rc = attn_mixed_regions_check(a); rc != COCKTAIL_OK) {
         return rc;
     }
@@ -432,14 +433,13 @@ extern "C" int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args 
                                                std::to_string(kMaxSegments - 1) + ")");
     }
     const int D = a.head_dim, n_q = a.n_q_tokens;
-    Params    p{};
+    Params &  p = c.p;
+    c.n_head = a.n_head, c.D = D;
     p.n_q = n_q, p.n_head = a.n_head, p.n_head_kv = a.n_head_kv, p.group = a.n_head / a.n_head_kv;
     p.scale = a.kq_scale;
-
-    // every buffer to the device: q packed [n_q][n_head][D], regions, tail (its byte span), mask
-    std::vector<DeviceBuffer> bufs(2 * a.n_regions + 6);
-    size_t                    nb = 0;
-    std::vector<float>        q_host(static_cast<size_t>(n_q) * a.n_head * D);
+    c.bufs.resize(2 * a.n_regions + 6);
+    size_t             nb = 0;
+    std::vector<float> q_host(static_cast<size_t>(n_q) * a.n_head * D);  // packed [n_q][n_head][D]
     for (int i = 0; i < n_q; ++i) {
         for (int h = 0; h < a.n_head; ++h) {
             const auto * row = reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(a.q) +
@@ -447,10 +447,11 @@ extern "C" int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args 
             std::copy(row, row + D, q_host.begin() + (static_cast<size_t>(i) * a.n_head + h) * D);
         }
     }
-    cudaError_t err = bufs[nb].upload(q_host.data(), q_host.size() * sizeof(float));
-    p.q = static_cast<const float *>(bufs[nb++].ptr);
+    cudaError_t err = c.bufs[nb].upload(q_host.data(), q_host.size() * sizeof(float));
+    p.q = static_cast<const float *>(c.bufs[nb++].ptr);
     p.q_nb_token = static_cast<size_t>(a.n_head) * D * sizeof(float), p.q_nb_head = D * sizeof(float);
-    int units = 0;
+    c.bytes_read = q_host.size() * sizeof(float);
+    int units    = 0;
     for (int r = 0; r < a.n_regions && err == cudaSuccess; ++r) {
         const cocktail_kv_region & reg = a.regions[r];
         if (reg.n_tokens == 0) {
@@ -459,13 +460,14 @@ extern "C" int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args 
         const size_t bytes = region_bytes(reg.precision, reg.n_tokens, a.n_head_kv, D);
         Segment &    s     = p.seg[p.n_segments++];
         s.kind = reg.precision, s.n_tokens = reg.n_tokens, s.unit0 = units;
-        err = bufs[nb].upload(reg.k, bytes);
-        s.k = static_cast<const uint8_t *>(bufs[nb++].ptr);
+        err = c.bufs[nb].upload(reg.k, bytes);
+        s.k = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
         if (err == cudaSuccess) {
-            err = bufs[nb].upload(reg.v, bytes);
+            err = c.bufs[nb].upload(reg.v, bytes);
         }
-        s.v = static_cast<const uint8_t *>(bufs[nb++].ptr);
+        s.v = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
         units += (reg.n_tokens + kUnit - 1) / kUnit;
+        c.bytes_read += 2 * bytes;
     }
     if (a.n_tail > 0 && err == cudaSuccess) {
         // the tail's byte span: from its first element to one past its last, under any non-negative strides
@@ -474,73 +476,159 @@ extern "C" int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args 
         };
         Segment & s = p.seg[p.n_segments++];
         s.kind = kTail, s.n_tokens = a.n_tail, s.unit0 = units;
-        err = bufs[nb].upload(a.tail_k, span(a.tail_k_nb_token, a.tail_k_nb_head, 2, a.n_head_kv, D));
-        s.k = static_cast<const uint8_t *>(bufs[nb++].ptr);
+        err = c.bufs[nb].upload(a.tail_k, span(a.tail_k_nb_token, a.tail_k_nb_head, 2, a.n_head_kv, D));
+        s.k = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
         if (err == cudaSuccess) {
-            err = bufs[nb].upload(a.tail_v, span(a.tail_v_nb_token, a.tail_v_nb_head, a.tail_v_nb_channel,
-                                                 a.n_head_kv, D));
+            err = c.bufs[nb].upload(a.tail_v, span(a.tail_v_nb_token, a.tail_v_nb_head, a.tail_v_nb_channel,
+                                                   a.n_head_kv, D));
         }
-        s.v = static_cast<const uint8_t *>(bufs[nb++].ptr);
+        s.v = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
         p.tk_nb_token = a.tail_k_nb_token, p.tk_nb_head = a.tail_k_nb_head;
         p.tv_nb_token = a.tail_v_nb_token, p.tv_nb_channel = a.tail_v_nb_channel, p.tv_nb_head = a.tail_v_nb_head;
         if (a.mask != nullptr && err == cudaSuccess) {
-            err = bufs[nb].upload(a.mask, (n_q - 1) * a.mask_nb_row + a.n_tail * (a.mask_f16 ? 2 : 4));
-            p.mask = static_cast<const uint8_t *>(bufs[nb++].ptr);
+            err = c.bufs[nb].upload(a.mask, (n_q - 1) * a.mask_nb_row + a.n_tail * (a.mask_f16 ? 2 : 4));
+            p.mask = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
             p.mask_nb_row = a.mask_nb_row, p.mask_f16 = a.mask_f16;
         }
         units += (a.n_tail + kUnit - 1) / kUnit;
+        c.bytes_read += static_cast<size_t>(a.n_tail) * a.n_head_kv * D * 4;
     }
     if (err != cudaSuccess) {
         return cuda_fail(err, "copying the inputs");
     }
-    p.n_units = units;
-    DeviceBuffer out;
-    const size_t out_bytes = static_cast<size_t>(n_q) * a.n_head * D * sizeof(float);
-    if (units == 0) {  // nothing visible: zeros, as the CPU op
-        for (int i = 0; i < n_q; ++i) {
-            for (int h = 0; h < a.n_head; ++h) {
-                float * row = reinterpret_cast<float *>(reinterpret_cast<uint8_t *>(a.out) + i * a.out_nb_token +
-                                                        h * a.out_nb_head);
-                std::fill(row, row + D, 0.0f);
-            }
-        }
-        return COCKTAIL_OK;
-    }
+    p.n_units   = units;
+    c.out_bytes = static_cast<size_t>(n_q) * a.n_head * D * sizeof(float);
     // splits are chosen in run(); scratch for the largest split count it can pick (one per 4 units)
     const size_t max_rows = static_cast<size_t>(n_q) * a.n_head * std::max(1, (units + 3) / 4);
-    DeviceBuffer acc, ml;
-    if ((err = acc.upload(nullptr, max_rows * D * sizeof(float))) != cudaSuccess ||
-        (err = ml.upload(nullptr, max_rows * sizeof(float2))) != cudaSuccess ||
-        (err = out.upload(nullptr, out_bytes)) != cudaSuccess) {
+    if ((err = c.acc.upload(nullptr, max_rows * D * sizeof(float))) != cudaSuccess ||
+        (err = c.ml.upload(nullptr, max_rows * sizeof(float2))) != cudaSuccess ||
+        (err = c.out.upload(nullptr, c.out_bytes)) != cudaSuccess) {
         return cuda_fail(err, "allocating scratch");
     }
-    p.part_acc = static_cast<float *>(acc.ptr);
-    p.part_ml  = static_cast<float2 *>(ml.ptr);
+    p.part_acc = static_cast<float *>(c.acc.ptr);
+    p.part_ml  = static_cast<float2 *>(c.ml.ptr);
     // poison: a row the kernels forget to write comes back NaN
-    if ((err = cudaMemset(out.ptr, 0xff, out_bytes)) != cudaSuccess ||
-        (err = cudaMemset(acc.ptr, 0xff, max_rows * D * sizeof(float))) != cudaSuccess) {
+    if ((err = cudaMemset(c.out.ptr, 0xff, c.out_bytes)) != cudaSuccess ||
+        (err = cudaMemset(c.acc.ptr, 0xff, max_rows * D * sizeof(float))) != cudaSuccess) {
         return cuda_fail(err, "poisoning the outputs");
     }
-    if (int rc = run(a, p, nullptr); rc != COCKTAIL_OK) {
+    return COCKTAIL_OK;
+}
+
+// Both kernels on the device copies (no synchronization).
+int launch_call(const cocktail_attn_args & a, DeviceCall & c, cudaStream_t stream) {
+    if (int rc = run(a, c.p, stream); rc != COCKTAIL_OK) {
         return rc;
     }
-    attn_merge<<<dim3(a.n_head, n_q), D>>>(p.part_acc, p.part_ml, p.n_splits, a.n_head, D,
-                                           static_cast<uint8_t *>(out.ptr), static_cast<size_t>(a.n_head) * D * 4,
-                                           static_cast<size_t>(D) * 4);
-    if ((err = cudaGetLastError()) != cudaSuccess || (err = cudaDeviceSynchronize()) != cudaSuccess) {
-        return cuda_fail(err, "running the kernels");
+    attn_merge<<<dim3(c.n_head, c.p.n_q), c.D, 0, stream>>>(
+        c.p.part_acc, c.p.part_ml, c.p.n_splits, c.n_head, c.D, static_cast<uint8_t *>(c.out.ptr),
+        static_cast<size_t>(c.n_head) * c.D * 4, static_cast<size_t>(c.D) * 4);
+    if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
+        return cuda_fail(err, "attn_merge launch");
     }
-    std::vector<float> out_host(static_cast<size_t>(n_q) * a.n_head * D);
-    if ((err = cudaMemcpy(out_host.data(), out.ptr, out_bytes, cudaMemcpyDeviceToHost)) != cudaSuccess) {
-        return cuda_fail(err, "copying the output");
-    }
-    for (int i = 0; i < n_q; ++i) {
+    return COCKTAIL_OK;
+}
+
+void write_rows(const cocktail_attn_args & a, const float * src_or_null) {
+    for (int i = 0; i < a.n_q_tokens; ++i) {
         for (int h = 0; h < a.n_head; ++h) {
             float * row = reinterpret_cast<float *>(reinterpret_cast<uint8_t *>(a.out) + i * a.out_nb_token +
                                                     h * a.out_nb_head);
-            const float * src = out_host.data() + (static_cast<size_t>(i) * a.n_head + h) * D;
-            std::copy(src, src + D, row);
+            if (src_or_null == nullptr) {
+                std::fill(row, row + a.head_dim, 0.0f);
+            } else {
+                const float * src = src_or_null + (static_cast<size_t>(i) * a.n_head + h) * a.head_dim;
+                std::copy(src, src + a.head_dim, row);
+            }
         }
     }
+}
+
+}  // namespace cocktail::cuda_impl
+
+extern "C" int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args * args) {
+    using namespace cocktail;
+    using namespace cocktail::cuda_impl;
+    if (args == nullptr) {
+        return fail(COCKTAIL_EINVAL, "cocktail_attn_mixed_regions_cuda: args is NULL");
+    }
+    DeviceCall c;
+    if (int rc = upload_call(*args, c); rc != COCKTAIL_OK) {
+        return rc;
+    }
+    if (c.p.n_units == 0) {  // nothing visible: zeros, as the CPU op
+        write_rows(*args, nullptr);
+        return COCKTAIL_OK;
+    }
+    if (int rc = launch_call(*args, c, nullptr); rc != COCKTAIL_OK) {
+        return rc;
+    }
+    cudaError_t err = cudaDeviceSynchronize();
+    if (err != cudaSuccess) {
+        return cuda_fail(err, "running the kernels");
+    }
+    std::vector<float> out_host(c.out_bytes / sizeof(float));
+    if ((err = cudaMemcpy(out_host.data(), c.out.ptr, c.out_bytes, cudaMemcpyDeviceToHost)) != cudaSuccess) {
+        return cuda_fail(err, "copying the output");
+    }
+    write_rows(*args, out_host.data());
     return COCKTAIL_OK;
+}
+
+extern "C" int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn_args * args, int n_iters,
+                                                      double * ms, double * bytes_read, double * copy_gbps) {
+    using namespace cocktail;
+    using namespace cocktail::cuda_impl;
+    if (args == nullptr || ms == nullptr || bytes_read == nullptr || copy_gbps == nullptr || n_iters < 1) {
+        return fail(COCKTAIL_EINVAL, "cocktail_attn_mixed_regions_cuda_bench: NULL output or n_iters < 1");
+    }
+    DeviceCall c;
+    if (int rc = upload_call(*args, c); rc != COCKTAIL_OK) {
+        return rc;
+    }
+    if (c.p.n_units == 0) {
+        return fail(COCKTAIL_EINVAL, "cocktail_attn_mixed_regions_cuda_bench: no tokens to attend to");
+    }
+    cudaEvent_t t0, t1;
+    cudaEventCreate(&t0);
+    cudaEventCreate(&t1);
+    float       elapsed = 0.0f;
+    cudaError_t err     = cudaSuccess;
+    for (int i = 0; i < 3; ++i) {  // warm-up
+        if (int rc = launch_call(*args, c, nullptr); rc != COCKTAIL_OK) {
+            return rc;
+        }
+    }
+    cudaEventRecord(t0);
+    for (int i = 0; i < n_iters; ++i) {
+        launch_call(*args, c, nullptr);
+    }
+    cudaEventRecord(t1);
+    if ((err = cudaEventSynchronize(t1)) == cudaSuccess) {
+        cudaEventElapsedTime(&elapsed, t0, t1);
+        *ms         = elapsed / n_iters;
+        *bytes_read = static_cast<double>(c.bytes_read);
+        // copy bandwidth of this device: 1 GiB device-to-device, bytes read + written per second
+        const size_t copy_bytes = size_t(1) << 30;
+        DeviceBuffer src, dst;
+        if ((err = src.upload(nullptr, copy_bytes)) == cudaSuccess &&
+            (err = dst.upload(nullptr, copy_bytes)) == cudaSuccess) {
+            cudaMemcpy(dst.ptr, src.ptr, copy_bytes, cudaMemcpyDeviceToDevice);
+            cudaEventRecord(t0);
+            for (int i = 0; i < 10; ++i) {
+                cudaMemcpy(dst.ptr, src.ptr, copy_bytes, cudaMemcpyDeviceToDevice);
+            }
+            cudaEventRecord(t1);
+            if ((err = cudaEventSynchronize(t1)) == cudaSuccess) {
+                cudaEventElapsedTime(&elapsed, t0, t1);
+                *copy_gbps = 2.0 * copy_bytes * 10 / (elapsed * 1e-3) / 1e9;
+            }
+        }
+    }
+    cudaEventDestroy(t0);
+    cudaEventDestroy(t1);
+    if (err == cudaSuccess) {
+        err = cudaGetLastError();
+    }
+    return err == cudaSuccess ? COCKTAIL_OK : cuda_fail(err, "timing the kernels");
 }

@@ -1,0 +1,109 @@
+"""CUDA mixed-region attention kernel alone, one layer of a decode step: time, bytes read, achieved bandwidth
+against the device's copy bandwidth (BENCH.md metrics attn_kernel_gbps, copy_gbps), per model shape, depth
+and precision mix. Run on the GPU machine against a CUDA build:
+
+    python bench/attn_cuda.py --out bench/results/attn_cuda.json
+
+Not llama.cpp end to end: the kernel is not in the model graph yet (issue 5), so there is no tokens/s here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cocktail_gguf import native_ops
+
+SHAPES = {  # (KV heads, query heads per KV head, head_dim) of one attention layer
+    "llama2-7b": (32, 1, 128),
+    "llama3-8b": (8, 4, 128),
+}
+MIXES = {
+    "10/30/60": {"f16": 0.1, "q4": 0.3, "q2": 0.6},
+    "all-q2": {"f16": 0.0, "q4": 0.0, "q2": 1.0},
+    "all-q4": {"f16": 0.0, "q4": 1.0, "q2": 0.0},
+    "all-f16": {"f16": 1.0, "q4": 0.0, "q2": 0.0},
+}
+
+
+def measure(shape: str, depth: int, mix: dict[str, float], n_iters: int, rng: np.random.Generator) -> dict:
+    h_kv, group, d = SHAPES[shape]
+    k = rng.standard_normal((h_kv, depth, d)).astype(np.float16)
+    v = rng.standard_normal((h_kv, depth, d)).astype(np.float16)
+    q = rng.standard_normal((1, h_kv * group, d)).astype(np.float32)
+    regions, start = [], 0
+    for prec in ("f16", "q4", "q2"):
+        n = int(round(mix[prec] * depth / 32)) * 32 if prec != "q2" else depth - start
+        cells = np.arange(start, start + n)
+        start += n
+        regions.append(native_ops.pack_kv_region(prec, k, v, cells, n_threads=os.cpu_count() or 1))
+    tail_k, tail_v = k[:, :1], v[:, :1]  # the token being decoded
+    r = native_ops.attn_cuda_bench(q, regions, n_head_kv=h_kv, kq_scale=d**-0.5, tail_k=tail_k, tail_v=tail_v,
+                                   n_iters=n_iters)  # fmt: skip
+    kv_bytes = sum(len(x.k) + len(x.v) for x in regions)
+    return {"ms": r["ms"], "bytes_read": r["bytes_read"], "kv_bytes": kv_bytes,
+            "attn_kernel_gbps": r["attn_kernel_gbps"], "copy_gbps": r["copy_gbps"]}  # fmt: skip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument("--depths", nargs="+", type=int, default=[8192, 32768, 65536])
+    p.add_argument("--mixes", nargs="+", default=list(MIXES), choices=list(MIXES))
+    p.add_argument("--iters", type=int, default=100)
+    p.add_argument("--out", type=Path, default=Path("bench/results/attn_cuda.json"))
+    args = p.parse_args()
+    rng = np.random.default_rng(0)
+    records = []
+    for shape in args.shapes:
+        for depth in args.depths:
+            for name in args.mixes:
+                m = measure(shape, depth, MIXES[name], args.iters, rng)
+                base = {"model": f"{shape}-shape-layer", "backend": "cuda", "kv_mode": "cocktail",
+                        "impl": "ours", "mix": MIXES[name], "mix_name": name, "depth": depth,
+                        "kv_bytes": m["kv_bytes"], "n_runs": args.iters}  # fmt: skip
+                records.append({**base, "metric": "attn_kernel_ms", "value": m["ms"]})
+                records.append({**base, "metric": "attn_kernel_gbps", "value": m["attn_kernel_gbps"],
+                                "bytes_read": m["bytes_read"]})  # fmt: skip
+                records.append({**base, "metric": "copy_gbps", "value": m["copy_gbps"]})
+                share = 100 * m["attn_kernel_gbps"] / m["copy_gbps"]
+                print(f"{shape:10s} {depth:6d} {name:8s} {m['ms'] * 1000:8.1f} us  "
+                      f"{m['kv_bytes'] / 2**20:7.2f} MiB  {m['attn_kernel_gbps']:7.1f} GB/s  "
+                      f"({share:.0f} % of copy {m['copy_gbps']:.0f} GB/s)", flush=True)  # fmt: skip
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                         text=True, check=False).stdout.strip()  # fmt: skip
+    commit = (
+        os.environ.get("COMMIT")
+        or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    )
+    doc = {"bench": "attn_cuda", "commit": commit, "machine": f"{gpu}, {os.cpu_count()} cores",
+           "command": "python " + " ".join(sys.argv), "date": datetime.date.today().isoformat(),
+           "records": records}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    lines = [f"# attn_cuda\n\ncommit {commit}, {doc['machine']}, {doc['date']}\n\n`{doc['command']}`\n",
+             "| shape (one layer) | depth | mix | KV MiB | kernel µs | GB/s | % of copy |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    by = {(r["model"], r["depth"], r["mix_name"], r["metric"]): r for r in records}
+    for (model, depth, mix, metric), r in by.items():
+        if metric != "attn_kernel_ms":
+            continue
+        gbps = by[(model, depth, mix, "attn_kernel_gbps")]["value"]
+        copy = by[(model, depth, mix, "copy_gbps")]["value"]
+        lines.append(f"| {model} | {depth} | {mix} | {r['kv_bytes'] / 2**20:.2f} | {1000 * r['value']:.1f} | "
+                     f"{gbps:.0f} | {100 * gbps / copy:.0f} % |")  # fmt: skip
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
