@@ -186,6 +186,20 @@ __device__ void unit_update(const Params & p, const Segment & s, int qi, int h_k
             w.acc[g][i] *= corr;
         }
     }
+    // V: scales and mins of the unit's 32 tokens are loaded once (lane t holds token t's), then shuffled
+    constexpr bool kQuant  = kind == kQ4 || kind == kQ2;
+    constexpr int  kGroups = D / 32;
+    float          vs[kGroups], vm[kGroups];
+    const uint8_t * vbase = nullptr;
+    if constexpr (kQuant) {
+        const int n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
+        vbase              = s.v + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>();
+#pragma unroll
+        for (int i = 0; i < kGroups; ++i) {
+            vs[i] = h2f(vbase + 2 * (lane * kGroups + i));
+            vm[i] = h2f(vbase + 2 * D + 2 * (lane * kGroups + i));
+        }
+    }
     for (int tt = 0; tt < n_valid; ++tt) {
         float pt[GS];
         bool  any = false;
@@ -194,12 +208,20 @@ __device__ void unit_update(const Params & p, const Segment & s, int qi, int h_k
             pt[g] = __shfl_sync(0xffffffffu, prob[g], tt);
             any   = any || pt[g] != 0.0f;
         }
-        if (!any) {
+        if (!any) {  // uniform across the warp
             continue;
         }
 #pragma unroll
-        for (int i = 0; i < D / 32; ++i) {
-            const float v = v_at<D, kind>(p, s, h_kv, unit, tt, lane + 32 * i);
+        for (int i = 0; i < kGroups; ++i) {
+            float v;
+            if constexpr (kQuant) {
+                constexpr int kBytes = kind == kQ4 ? 16 : 8;
+                const float   sc     = __shfl_sync(0xffffffffu, vs[i], tt);
+                const float   mn     = __shfl_sync(0xffffffffu, vm[i], tt);
+                v = mn + sc * code_of<kind>(vbase + 4 * D + (tt * kGroups + i) * kBytes, lane);
+            } else {
+                v = v_at<D, kind>(p, s, h_kv, unit, tt, lane + 32 * i);
+            }
 #pragma unroll
             for (int g = 0; g < GS; ++g) {
                 w.acc[g][i] = fmaf(pt[g], v, w.acc[g][i]);
@@ -369,7 +391,8 @@ int run(const cocktail_attn_args & a, Params & p, cudaStream_t stream) {
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev);
     const int base_blocks = p.n_head_kv * p.n_gblocks * p.n_q;
-    p.n_splits            = std::max(1, std::min((4 * n_sm + base_blocks - 1) / base_blocks, (p.n_units + 3) / 4));
+    // enough blocks to keep every SM busy with loads in flight (the kernel is latency-bound at low occupancy)
+    p.n_splits = std::max(1, std::min((16 * n_sm + base_blocks - 1) / base_blocks, (p.n_units + 3) / 4));
     p.units_per_split     = std::max(1, (p.n_units + p.n_splits - 1) / p.n_splits);
     p.n_splits            = std::max(1, (p.n_units + p.units_per_split - 1) / p.units_per_split);
     const dim3 grid(p.n_head_kv * p.n_gblocks, p.n_splits, p.n_q);
