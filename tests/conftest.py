@@ -11,6 +11,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
+def child_env() -> dict[str, str]:
+    """Environment for `python -m cocktail_gguf...` children (tests/children.py)."""
+    from children import child_env as make
+
+    return make()
+
+
+@pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")
 

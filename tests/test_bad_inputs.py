@@ -72,7 +72,7 @@ def _malformed_files(valid: Path, out: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kv_mode", ["f16", "cocktail"])
 def test_malformed_gguf_raises_in_a_clean_process(
-    tiny_models: dict[str, Path], tmp_path: Path, kv_mode: str
+    tiny_models: dict[str, Path], tmp_path: Path, child_env: dict[str, str], kv_mode: str
 ) -> None:
     files = _malformed_files(tiny_models["tiny-mha"], tmp_path)
     proc = subprocess.run(
@@ -80,7 +80,8 @@ def test_malformed_gguf_raises_in_a_clean_process(
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=tmp_path,
+        env=child_env,
     )
     died = f"the loader process died ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}"
     assert proc.returncode == 0, died

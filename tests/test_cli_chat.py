@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from children import CHILD_CWD, child_env
 
 from cocktail_gguf import Llama
 from cocktail_gguf.chat_cli import ChatSession
 from cocktail_gguf.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
 # Llama.create_chat_completion with the Cocktail flow (the last user turn is the query) is being added
 CONTRACT_PENDING = "create_chat_completion" not in Llama.__dict__
 pending = pytest.mark.xfail(CONTRACT_PENDING, reason="contract pending", strict=False)
@@ -27,7 +27,14 @@ SCRIPT = "hello there\n/plan\nwhat is the secret number?\n/reset\nhello there\n"
 def _chat(model: Path, stdin: str, *options: str) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "cocktail_gguf.cli", "chat", "-m", str(model), "-n", "6", "--n-ctx", "1024"]
     return subprocess.run(
-        [*argv, *options], input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=300, check=False
+        [*argv, *options],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=CHILD_CWD,
+        env=child_env(),
+        timeout=300,
+        check=False,
     )
 
 

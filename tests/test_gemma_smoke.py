@@ -28,9 +28,11 @@ def test_demo_finds_the_pass_key(gemma_path: Path) -> None:
     import subprocess
     import sys
 
+    from children import CHILD_CWD, child_env
+
     done = subprocess.run(
         [sys.executable, "-m", "cocktail_gguf.cli", "demo", "--context-tokens", "1024", "--encoder", "bm25"],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True, text=True, timeout=600, check=False, cwd=CHILD_CWD, env=child_env(),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "the Cocktail cache found the pass key" in done.stdout, done.stdout

@@ -30,7 +30,6 @@ from cocktail_gguf import Llama
 from cocktail_gguf.cli import main
 from cocktail_gguf.server import CocktailModelSettings, create_app, load_llama, router
 
-ROOT = Path(__file__).resolve().parents[1]
 # Llama.create_chat_completion with the Cocktail flow (the last user turn is the query) is being added
 CONTRACT_PENDING = "create_chat_completion" not in Llama.__dict__
 CONTEXT = " ".join(
@@ -222,12 +221,19 @@ def _free_port() -> int:
         return port
 
 
-def test_python_m_server_starts_and_stops(tiny_models: dict[str, Path]) -> None:
+def test_python_m_server_starts_and_stops(
+    tiny_models: dict[str, Path], tmp_path: Path, child_env: dict[str, str]
+) -> None:
     port = _free_port()
     argv = [sys.executable, "-m", "cocktail_gguf.server", "--model", str(tiny_models["tiny-mha"])]
     argv += ["--kv_mode", "f16", "--n_ctx", "256", "--verbose", "false", "--host", "127.0.0.1"]
     proc = subprocess.Popen(
-        [*argv, "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*argv, "--port", str(port)],
+        cwd=tmp_path,
+        env=child_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         models = None
