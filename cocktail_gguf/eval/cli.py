@@ -79,6 +79,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--perplexity-window", type=int, default=4096, help="tokens per perplexity window")
     p.add_argument("--threads", type=int, help="CPU threads (default: llama.cpp's)")
     p.add_argument(
+        "--from-samples",
+        action="store_true",
+        help="no run: summarize OUT.samples.jsonl (and OUT.perplexity.jsonl) of an earlier run again",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=Path("eval_results"),
@@ -96,9 +101,55 @@ def _commit() -> str:
         return "unknown"
 
 
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
+
+
+def _resummarize(args: argparse.Namespace) -> int:
+    """Rebuilds OUT.json / .md / .png from the raw records; keeps the original run's command, commit, date."""
+    out_json = Path(f"{args.out}.json")
+    if not out_json.is_file():
+        raise SystemExit(f"cocktail-gguf eval --from-samples: {str(out_json)!r} does not exist")
+    old = json.loads(out_json.read_text())
+    records = _read_jsonl(Path(f"{args.out}.samples.jsonl"))
+    ppl_records = _read_jsonl(Path(f"{args.out}.perplexity.jsonl"))
+    model = next((r["model"] for r in old.get("records", [])), "model")
+    window = next((r["depth"] for r in old.get("records", []) if r.get("task") == "perplexity"), 0)
+    _write_outputs(args.out, old, records, ppl_records, model, window)
+    return 0
+
+
+def _write_outputs(
+    out: Path,
+    result: dict[str, Any],
+    records: list[dict[str, Any]],
+    ppl_records: list[dict[str, Any]],
+    model: str,
+    window: int,
+) -> None:
+    from . import report
+
+    summary = report.summarize(records, model)
+    ppl = report.summarize_perplexity(ppl_records, model, window) if ppl_records else []
+    result = {**result, "records": summary + ppl}
+    out_json = Path(f"{out}.json")
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=1) + "\n")
+    table = report.markdown(summary, ppl)
+    header = (
+        f"# cocktail-gguf eval ({model})\n\nCommand: `{result['command']}`  \n"
+        f"Commit {result['commit']}, {result['date']}, {result['machine']}\n\n"
+    )
+    Path(f"{out}.md").write_text(header + table)
+    report.plot(summary, Path(f"{out}.png"))
+    print(table)
+
+
 def main(args: argparse.Namespace) -> int:
     from ..models import default_model_path
-    from . import report, tasks
+    from . import tasks
     from .corpus import load_corpus
     from .runner import Runner, run, write_jsonl
 
@@ -112,6 +163,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("cocktail-gguf eval: --tasks none without --perplexity-windows: nothing to do")
     if any(n < 256 for n in args.lengths):
         raise SystemExit(f"cocktail-gguf eval: --lengths={args.lengths}: each length must be >= 256 tokens")
+    if args.from_samples:
+        return _resummarize(args)
     model = Path(args.model) if args.model else default_model_path()
     if not model.is_file():
         raise SystemExit(f"cocktail-gguf eval: --model {str(model)!r} does not exist")
@@ -141,27 +194,14 @@ def main(args: argparse.Namespace) -> int:
             write_jsonl(Path(f"{args.out}.perplexity.jsonl"), ppl_records)
     finally:
         runner.close()
-    name = model.stem
-    summary = report.summarize(records, name)
-    ppl = report.summarize_perplexity(ppl_records, name, args.perplexity_window) if ppl_records else []
     result = {
         "bench": "eval_accuracy",
         "commit": commit,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores | CPU",
         "command": "cocktail-gguf eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
         "date": datetime.date.today().isoformat(),
-        "records": summary + ppl,
     }
-    out_json = Path(f"{args.out}.json")
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=1) + "\n")
-    table = report.markdown(summary, ppl)
-    header = (
-        f"# cocktail-gguf eval ({name})\n\nCommand: `{result['command']}`  \n"
-        f"Commit {result['commit']}, {result['date']}, {result['machine']}\n\n"
-    )
-    Path(f"{args.out}.md").write_text(header + table)
-    png = report.plot(summary, Path(f"{args.out}.png"))
-    print(table)
-    say(f"wrote {out_json}, {args.out}.md" + (f", {png}" if png else "") + f", {raw_path}")
+    _write_outputs(args.out, result, records, ppl_records, model.stem, args.perplexity_window)
+    out_json, png = Path(f"{args.out}.json"), Path(f"{args.out}.png")
+    say(f"wrote {out_json}, {args.out}.md" + (f", {png}" if png.is_file() else "") + f", {raw_path}")
     return 0

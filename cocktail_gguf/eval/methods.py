@@ -8,8 +8,8 @@ llama-q8_0, llama-q4_0  llama.cpp's quantized KV cache (flash attention), same l
 cocktail[-ENC][-aA][-bB][-csN]
                         the Cocktail planner: ENC minilm (default) | bm25 | gguf | contriever,
                         alpha A (0.6), beta B (0.1), chunk size N (32)
-random                  control: the default cocktail plan's precisions in a random chunk order
-                        (same bit budget, no search)
+random                  control: the plan of the first cocktail method listed (default "cocktail")
+                        with its chunk precisions in a random order (same bit budget, no search)
 """
 
 from __future__ import annotations

@@ -125,7 +125,8 @@ def markdown(summary: Sequence[dict[str, Any]], ppl: Sequence[dict[str, Any]] = 
         )
         lines.append("|---" * (len(tasks) + 3) + "|")
         for m in methods:
-            any_rec = next(r for r in rows if r["kv_mode"] == m)
+            # KV bytes over every sample of the method (the "all" group), not one task's
+            any_rec = idx.get((m, "all")) or next(r for r in rows if r["kv_mode"] == m)
             ret = idx.get((m, "retrieval"))
             delta = "—"
             if ret is not None and "delta_vs_f16" in ret:

@@ -62,6 +62,8 @@ class Runner:
                 "a cocktail-contriever method needs contriever=<local sentence-transformers folder>"
             )
         # flash attention everywhere: llama.cpp's quantized V needs it, and f16 is then the same kernel
+        # the random control shuffles the plan of the first Cocktail method listed (default: "cocktail")
+        self._random_base = next((m for m in self._methods if m.kind == "cocktail"), parse_method("cocktail"))
         common: dict[str, Any] = {"n_ctx": self.n_ctx, "verbose": False, "n_batch": 512, "flash_attn": True}
         if self.n_threads:
             common.update(n_threads=self.n_threads, n_threads_batch=self.n_threads)
@@ -110,10 +112,11 @@ class Runner:
             if m.kind in ("f16", "llama.cpp", "uniform", "kivi2"):
                 out[m.name] = fixed_plan(m, n)
             elif m.kind == "random":
-                base = searched_plan("minilm", 32)
-                shuffled = list(assign_precisions(base.similarities or (), 0.6, 0.1)[0])
+                rb = self._random_base
+                base = searched_plan(rb.encoder, rb.chunk_size)
+                shuffled = list(assign_precisions(base.similarities or (), rb.alpha, rb.beta)[0])
                 random.Random(seed).shuffle(shuffled)
-                out[m.name] = Plan(32, tuple(shuffled), n)
+                out[m.name] = Plan(rb.chunk_size, tuple(shuffled), n)
             else:
                 base = searched_plan(m.encoder, m.chunk_size)
                 chosen, thresholds = assign_precisions(base.similarities or (), m.alpha, m.beta)
@@ -192,7 +195,8 @@ class Runner:
             }
             rec.update(score(sample.task, ans.text, sample.answers))
             if m.kind in ("cocktail", "random"):
-                key = f"{'minilm' if m.kind == 'random' else m.encoder}-cs{m.chunk_size}"
+                src = self._random_base if m.kind == "random" else m
+                key = f"{src.encoder}-cs{src.chunk_size}"
                 rec["plan_s"] = plan_s.get(key)
             records.append(rec)
         return records
