@@ -9,12 +9,7 @@ import importlib.util
 import random
 import sys
 
-INTRO = (
-    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-    "I will quiz you about the important information there.\n"
-)
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
 
 
 def _default_encoder() -> tuple[str, str]:
@@ -24,6 +19,7 @@ def _default_encoder() -> tuple[str, str]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from .eval.tasks import PASSKEY_INTRO, PASSKEY_NEEDLE
     from .llama import Llama
     from .models import default_model_path
 
@@ -38,7 +34,8 @@ def main(args: argparse.Namespace) -> int:
         key = str(rng.randrange(10000, 100000))
         n_filler = args.context_tokens // 25  # ~25 tokens per filler line on gemma's tokenizer
         before = rng.randrange(n_filler // 10, n_filler - n_filler // 10)
-        context = INTRO + FILLER * before + NEEDLE.format(key=key) + FILLER * (n_filler - before)
+        needle = PASSKEY_NEEDLE.format(key=key) + " "
+        context = PASSKEY_INTRO + FILLER * before + needle + FILLER * (n_filler - before)
         question = "What is the pass key?"
         ids = list(llm.tokenize(context.encode("utf-8"), add_bos=False))
         query = list(llm.tokenize(f"\n{question} The pass key is".encode(), add_bos=False))

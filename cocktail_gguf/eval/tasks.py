@@ -62,6 +62,14 @@ _JOBS = ("glassblower", "beekeeper", "cartographer", "locksmith", "violin maker"
 _PETS = ("a grey parrot", "two tortoises", "a one-eyed cat", "a sheepdog", "a goldfish", "a pet ferret")
 
 
+# The pass-key test's wording (Mohtashami & Jaggi 2023), also used by `cocktail-gguf demo`.
+PASSKEY_INTRO = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+    "I will quiz you about the important information there.\n"
+)
+PASSKEY_NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
+
+
 @dataclass(frozen=True)
 class Sample:
     task: str
@@ -132,11 +140,8 @@ def passkey(
 ) -> Sample:
     key = _number(rng, 5)
     depth = rng.uniform(0.02, 0.98)
-    intro = (
-        "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-        "I will quiz you about the important information there.\n"
-    )
-    needle = f"The pass key is {key}. Remember it. {key} is the pass key."
+    intro = PASSKEY_INTRO
+    needle = PASSKEY_NEEDLE.format(key=key)
     context = _haystack(rng, corpus, n_tokens, count, [(depth, needle)], intro)
     return Sample(
         "passkey", index, context, "\nWhat is the pass key? The pass key is", "What is the pass key?",
