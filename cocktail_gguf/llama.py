@@ -116,7 +116,12 @@ class Llama(llama_cpp.Llama):
     alpha / beta (threshold fractions of the similarity range, paper defaults 0.6 / 0.1),
     encoder (name, path or object embedding chunk texts and the query), keep_f16_context (keep a host-RAM
     F16 copy of the last context for re-planning without prefill), progress (tqdm bars for prefill and
-    planning: True, False, None = on a terminal for long inputs).
+    planning: True, False, None = on a terminal for long inputs), release_staging (default True: after
+    compaction llama.cpp's cache shrinks to the cells the query and answer need, so the F16 staging copy
+    of the context is freed; the next prefill grows it back to n_ctx).
+
+    With a segmented kv_mode, llama.cpp's ``swa_full`` defaults to False (pass it to override): the
+    sliding-window layers of an iSWA model (Gemma 3) then keep only their window, not n_ctx tokens.
 
     `ask(context, query)` runs the Cocktail flow: plan, prefill, compaction into Q2/Q4/F16
     regions, decode. kv_mode="f16" is plain llama.cpp (ask() then runs without a plan).
@@ -133,6 +138,7 @@ class Llama(llama_cpp.Llama):
         encoder: Any = None,
         keep_f16_context: bool = False,
         progress: bool | None = None,
+        release_staging: bool = True,
         **kwargs: Any,
     ) -> None:
         validate_kv_options(kv_mode, chunk_size, alpha, beta)
@@ -140,6 +146,12 @@ class Llama(llama_cpp.Llama):
         if not isinstance(keep_f16_context, bool):
             raise ValueError(f"keep_f16_context={keep_f16_context!r} must be True or False")
         self.keep_f16_context = keep_f16_context
+        if not isinstance(release_staging, bool):
+            raise ValueError(f"release_staging={release_staging!r} must be True or False")
+        self.release_staging = release_staging
+        self._kv_shrunk = False  # llama.cpp's cache is smaller than n_ctx (cocktail_kv_resize)
+        if kv_mode != "f16" and kwargs.get("swa_full") is None:
+            kwargs["swa_full"] = False
         if progress not in (None, True, False):
             raise ValueError(f"progress={progress!r} must be True, False or None (auto)")
         self.progress = progress
@@ -354,7 +366,30 @@ class Llama(llama_cpp.Llama):
         if plan is not None:
             segmented_cache.compact(self._ctx.ctx)
         t3 = time.perf_counter()
-        return plan, {"plan_s": t1 - t0, "prefill_s": t2 - t1, "compaction_s": t3 - t2}
+        if plan is not None and self.release_staging:
+            self._resize_kv(segmented_cache.kv_cells(self._ctx.ctx).used + max_tokens)
+        t4 = time.perf_counter()
+        return plan, {"plan_s": t1 - t0, "prefill_s": t2 - t1, "compaction_s": t3 - t2, "release_s": t4 - t3}
+
+    def _resize_kv(self, n_cells: int) -> None:
+        """llama.cpp's cache of this context gets max(n_cells, cells in use) cells (0: all n_ctx)."""
+        ctx = self._ctx.ctx
+        segmented_cache.kv_resize(ctx, n_cells)
+        self._ctx.memory = llama_cpp.llama_get_memory(ctx)  # llama-cpp-python keeps the pointer
+        cells = segmented_cache.kv_cells(ctx)
+        self._kv_shrunk = cells.size < cells.full
+
+    def _reserve_cells(self, n_tokens: int) -> None:
+        """Grows a shrunk llama.cpp cache (at least doubling it) so that n_tokens more tokens fit."""
+        if not self._kv_shrunk:
+            return
+        cells = segmented_cache.kv_cells(self._ctx.ctx)
+        if cells.used + n_tokens > cells.size:
+            self._resize_kv(max(cells.used + n_tokens, 2 * cells.size))
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        self._reserve_cells(len(tokens))
+        super().eval(tokens)
 
     def next_token_logprobs(self, tokens: Sequence[int], batch_size: int = 256) -> np.ndarray:
         """Evaluates ``tokens`` after what the cache holds; returns log p(tokens[i + 1] | all before) for
@@ -368,6 +403,7 @@ class Llama(llama_cpp.Llama):
             or not 1 <= batch_size <= self.n_batch
         ):
             raise ValueError(f"batch_size={batch_size!r} must be an integer in 1..n_batch={self.n_batch}")
+        self._reserve_cells(len(ids))
         n_vocab = self.n_vocab()
         out = np.zeros(max(0, len(ids) - 1), dtype=np.float64)
         for start in range(0, len(ids), batch_size):
@@ -473,6 +509,8 @@ class Llama(llama_cpp.Llama):
         segmented_cache.forget(self._ctx.ctx)
         self.n_tokens = 0
         self._requires_eval = True
+        if self._kv_shrunk:  # empty now: the full-size cache comes back without copying anything
+            self._resize_kv(0)
 
     # --- OpenAI-style entry points (cocktail_gguf.completion has the rules) ----------------------------
     def create_completion(
@@ -564,6 +602,8 @@ class Llama(llama_cpp.Llama):
         segmented = state.segmented if isinstance(state, CocktailState) else b""
         if segmented:
             self._check_segmented_supported()
+        if self._kv_shrunk:  # the state may hold more cells than the shrunk cache
+            self._clear_cache()
         super().load_state(state)
         if self._segmented_checked:
             try:
@@ -573,6 +613,8 @@ class Llama(llama_cpp.Llama):
                 raise
         self._segmented_active = bool(segmented)
         self._cocktail_plan = state.plan if isinstance(state, CocktailState) else None
+        if segmented and self.release_staging:
+            self._resize_kv(segmented_cache.kv_cells(self._ctx.ctx).used)
 
     def close(self) -> None:
         # __init__ may raise before llama_cpp.Llama set up its resources (bad options above);

@@ -134,3 +134,28 @@ def restore_state(ctx: Any, data: bytes) -> None:
     _native.check(
         _native.lib().cocktail_state_set(_ctx_ptr(ctx), SEQ_ID, buf, len(data)), "cocktail_state_set"
     )
+
+
+@dataclass(frozen=True)
+class KvCells:
+    """Cells of llama.cpp's standard KV cache of a context (the full-attention cache of an iSWA pair)."""
+
+    size: int
+    """cells allocated now"""
+    used: int
+    """cells holding tokens"""
+    full: int
+    """cells of the full-size cache (n_ctx per sequence)"""
+
+
+def kv_cells(ctx: Any) -> KvCells:
+    size, used, full = (_native.ffi.new("int64_t *") for _ in range(3))
+    _native.check(_native.lib().cocktail_kv_cells(_ctx_ptr(ctx), size, used, full), "cocktail_kv_cells")
+    return KvCells(size=int(size[0]), used=int(used[0]), full=int(full[0]))
+
+
+def kv_resize(ctx: Any, n_cells: int) -> None:
+    """Rebuilds llama.cpp's KV cache of ctx with max(n_cells, cells in use) cells (rounded up to 256, at most
+    the full size; n_cells <= 0: the full size), keeping its tokens. Callers holding llama.cpp's memory
+    pointer of ctx must fetch it again (llama_get_memory)."""
+    _native.check(_native.lib().cocktail_kv_resize(_ctx_ptr(ctx), int(n_cells)), "cocktail_kv_resize")

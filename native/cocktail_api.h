@@ -176,6 +176,16 @@ COCKTAIL_API int cocktail_state_get(struct llama_context * ctx, int32_t seq_id, 
 // Restores what cocktail_state_get wrote for a context of the same model: replaces seq_id's plan and regions
 // (restore llama.cpp's state of the same moment too). size 0 drops them (as cocktail_clear).
 COCKTAIL_API int cocktail_state_set(struct llama_context * ctx, int32_t seq_id, const uint8_t * src, size_t size);
+// llama.cpp allocates its KV cache for n_ctx tokens; after cocktail_compact the planned context's cells are free.
+// Rebuilds the context's KV memory module with max(n_cells, cells in use) cells, rounded up to 256 and at most the
+// context's n_ctx (per sequence), moving every sequence's cells across; n_cells <= 0 restores the full n_ctx size.
+// iSWA models: the full-attention cache keeps at least the sliding-window cache's size (llama.cpp sizes that one
+// from it). Later decodes rebuild their graphs. A token that does not fit makes llama_decode fail (no KV slot):
+// grow the cache first. On error the context is left as it was.
+COCKTAIL_API int cocktail_kv_resize(struct llama_context * ctx, int64_t n_cells);
+// Cells of the context's standard KV cache (the full-attention cache of an iSWA pair): its size now, the cells in
+// use (fullest stream) and its full size (n_ctx per sequence).
+COCKTAIL_API int cocktail_kv_cells(const struct llama_context * ctx, int64_t * size, int64_t * used, int64_t * full);
 // ---- end segmented cache ----
 
 #ifdef __cplusplus

@@ -289,6 +289,23 @@ std::pair<std::shared_ptr<SegmentedCache>, LayerRegions *> find_layer(const ggml
     return it->second;
 }
 
+void rebind_cache(llama_context * ctx) {
+    segmented_impl::Registry &  r = segmented_impl::registry();
+    std::lock_guard<std::mutex> lock(r.mutex);
+    if (auto it = r.by_ctx.find(ctx); it != r.by_ctx.end()) {
+        SegmentedCache & st = *it->second;
+        st.kv               = segmented_impl::standard_cache(ctx, *llama_get_model(ctx));
+        for (auto & layer : st.layers) {
+            r.by_k.erase(layer->k_storage);
+            layer->k_storage = st.kv ? st.kv->get_k_storage(layer->il) : nullptr;
+            if (layer->k_storage != nullptr) {
+                r.by_k[layer->k_storage] = { it->second, layer.get() };
+            }
+        }
+    }
+    segmented_impl::g_epoch.fetch_add(1);
+}
+
 uint64_t current_epoch() {
     return segmented_impl::g_epoch.load();
 }

@@ -61,6 +61,10 @@ struct SegmentedCache {
 // The segmented-cache layer whose K tensor is k_storage, with its owner kept alive; {nullptr, nullptr} if none.
 std::pair<std::shared_ptr<SegmentedCache>, LayerRegions *> find_layer(const ggml_tensor * k_storage);
 
+// After the context's KV memory module was replaced (cocktail_kv_resize): the segmented cache of ctx, if any, finds
+// its layers by the new cache's K tensors; graphs built before are not reused.
+void rebind_cache(llama_context * ctx);
+
 // Bumped by every plan / compaction / clear: a graph built at another epoch is not reused.
 uint64_t current_epoch();
 

@@ -188,6 +188,7 @@ class Runner:
             (self.ask_bad, 1),
             (self.completion, 1),
             (self.flow, 3),
+            (self.resize, 2),
         ]
         op = self.rng.choices([f for f, _ in ops], weights=[w for _, w in ops])[0]
         op()
@@ -236,6 +237,17 @@ class Runner:
         self.compact()
         assert self.st.compacted, self.where()
         self.decode()
+
+    def resize(self) -> None:
+        """llama.cpp's cache rebuilt with another size (cocktail_kv_resize): nothing it holds changes, later
+        evals grow it again when needed."""
+        before = segmented_cache.kv_cells(self.ctx)
+        n_cells = self.rng.choice([0, -5, before.used, before.used + self.rng.randint(1, 300), 10 * N_CTX])
+        self.log.append(f"resize({n_cells})")
+        self.llm._resize_kv(n_cells)
+        after = segmented_cache.kv_cells(self.ctx)
+        want = N_CTX if n_cells <= 0 else min(N_CTX, max(256, -(-max(n_cells, before.used) // 256) * 256))
+        assert (after.used, after.full, after.size) == (before.used, N_CTX, want), self.where()
 
     def clear(self) -> None:
         self.log.append("clear")

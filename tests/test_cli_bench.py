@@ -30,7 +30,7 @@ def test_bench_json(tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[
             rec = by[mode, metric]
             assert rec["value"] > 0 and rec["min"] <= rec["value"] <= rec["max"] and rec["n_runs"] == 2
             assert rec["depth"] == 96 and rec["model"] == "tiny-gqa" and rec["n_threads"] == 1
-        assert ((mode, "compaction_ms") in by) == (mode != "f16")
+        assert ((mode, "compaction_ms") in by) == ((mode, "release_ms") in by) == (mode != "f16")
     kv = {mode: by[mode, "decode_tokens_per_s"] for mode in ("f16", "q4", "q2", "cocktail")}
     assert kv["f16"]["kv_bytes_regions"] == 0 and kv["f16"]["mix"] is None
     assert kv["f16"]["impl"] == "llama.cpp" and kv["q4"]["impl"] == "ours"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cocktail_gguf import Llama
+from cocktail_gguf import Llama, segmented_cache
 from cocktail_gguf.plan import Plan
 
 pytestmark = [
@@ -48,8 +48,16 @@ def test_passkey_in_4k_tokens_with_q2_context(gemma_path: Path, llama_kwargs: di
     plan = Plan(CHUNK, precisions, n)
     assert plan.counts["f16"] <= 2 and plan.counts["q2"] >= 120
 
+    staging = llm.kv_bytes()["llama_cache"]
     answer = llm.ask(context, QUERY, plan=plan, max_tokens=6)
     assert KEY in answer.text, answer.text
+
+    # the F16 staging cells of the 3 full-attention layers are released (head_dim 256, 1 KV head, K+V fp16);
+    # down to the size of the sliding-window cache (window 512 + ubatch 512 cells, swa_full=False with a
+    # segmented kv_mode): llama.cpp sizes that one from the full-attention cache's size
+    cells = segmented_cache.kv_cells(llm._ctx.ctx)
+    assert (cells.full, cells.size) == (4608, 1024)
+    assert staging - llm.kv_bytes()["llama_cache"] == (4608 - 1024) * 3 * 2 * 256 * 2
 
     regions = llm.kv_regions()
     n_layer = 18
