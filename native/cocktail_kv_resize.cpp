@@ -60,6 +60,14 @@ uint32_t pad_cells(uint64_t n) {
     return static_cast<uint32_t>((n + kCellPad - 1) / kCellPad * kCellPad);
 }
 
+// Size llama.cpp gives a sliding-window cache that is not full-size, next to a full-attention cache of base_size cells
+// (llama_kv_cache_iswa's constructor). A sliding-window cache of another size was made with swa_full = true.
+uint32_t swa_window_cells(const llama_context & ctx, uint32_t base_size) {
+    const llama_cparams & cp     = cocktail_context_access::cparams(ctx);
+    const uint32_t        window = llama_get_model(&ctx)->hparams.n_swa * (cp.kv_unified ? cp.n_seq_max : 1);
+    return pad_cells(std::min<uint64_t>(base_size, static_cast<uint64_t>(window) + cp.n_ubatch));
+}
+
 // The cells of each sequence, serialized by llama.cpp's own per-sequence state code.
 struct SavedSeqs {
     std::vector<std::pair<llama_seq_id, std::vector<uint8_t>>> seqs;
@@ -125,7 +133,7 @@ int resize(llama_context * ctx, int64_t n_cells) {
     llama_memory_params pm{};
     pm.type_k             = old.base->type_k();
     pm.type_v             = old.base->type_v();
-    pm.swa_full           = old.swa != nullptr && old.swa->get_size() == old.base->get_size();
+    pm.swa_full           = old.swa != nullptr && old.swa->get_size() != swa_window_cells(*ctx, full);
     pm.ctx_type           = cp.ctx_type;
     pm.mem_other          = llama_get_memory(cp.ctx_other);
     llama_cparams resized = cp;

@@ -57,7 +57,8 @@ def test_passkey_in_4k_tokens_with_q2_context(gemma_path: Path, llama_kwargs: di
     # segmented kv_mode): llama.cpp sizes that one from the full-attention cache's size
     cells = segmented_cache.kv_cells(llm._ctx.ctx)
     assert (cells.full, cells.size) == (4608, 1024)
-    assert staging - llm.kv_bytes()["llama_cache"] == (4608 - 1024) * 3 * 2 * 256 * 2
+    released = llm.kv_bytes()["llama_cache"]
+    assert staging - released == (4608 - 1024) * 3 * 2 * 256 * 2
 
     regions = llm.kv_regions()
     n_layer = 18
@@ -65,4 +66,10 @@ def test_passkey_in_4k_tokens_with_q2_context(gemma_path: Path, llama_kwargs: di
     for r in regions.values():
         assert r.compacted
         assert r.n_tokens == {p: c * CHUNK for p, c in plan.counts.items()}
+
+    # the next ask grows it back (the sliding-window cache keeps its size) and releases it again
+    again = llm.ask(context[: len(context) // 4], QUERY, max_tokens=2, mode="q4")
+    assert again.plan is not None and llm.kv_bytes()["llama_cache"] == released
+    llm.reset()
+    assert llm.kv_bytes()["llama_cache"] == staging
     llm.close()
