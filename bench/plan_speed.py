@@ -8,6 +8,10 @@ loaded: "cold" = empty embedding cache (every chunk embedded), "warm" = same doc
 
     python bench/plan_speed.py [--depths 8192 32768] [--encoders minilm minilm-gguf bm25] [--runs 3]
 
+GPU (CUDA build; bench/device/plan_speed_gpu.sh on the H100): GGUF encoders (minilm-gguf or a .gguf
+path) with --gpu-layers -1 --n-batch 2048 --pack-tokens 2048; their embeddings are then also compared
+with the same GGUF on the CPU (metric embedding_cos_vs_cpu_min). Target: 32K tokens ≤ 0.3 s on the H100.
+
 Writes bench/results/plan_speed.json (format: shared BENCH.md).
 """
 
@@ -83,7 +87,17 @@ def machine() -> str:
     return f"{os.cpu_count()}-core CPU ({name})"
 
 
+def gpu_name() -> str:
+    """ ", GPU <name>" for the first GPU our library sees (a CUDA build), else ""."""
+    from cocktail_gguf import _native
+
+    gpus = [d for d in _native.devices() if d.get("type") == "gpu"]
+    return f", GPU {gpus[0]['description']}" if gpus else ""
+
+
 def commit() -> str:
+    if os.environ.get("COMMIT"):  # the device machine's copy has no .git
+        return os.environ["COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -102,11 +116,16 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--model", help="GGUF whose tokenizer chunks the context (default: gemma-3-270m)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--gpu-layers", type=int, default=0, help="GGUF encoders: layers on the GPU (-1: all)"
+    )
+    parser.add_argument("--n-batch", type=int, default=None, help="GGUF encoders: n_batch (default 256)")
+    parser.add_argument("--pack-tokens", type=int, default=None, help="GGUF encoders: tokens per decode")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from cocktail_gguf import Llama
-    from cocktail_gguf.encoders import EmbeddingCache, get_encoder
+    from cocktail_gguf.encoders import EmbeddingCache, GGUFEncoder, get_encoder, minilm_gguf_path
     from cocktail_gguf.models import default_model_path
     from cocktail_gguf.planner import plan_context
 
@@ -118,18 +137,38 @@ def main() -> int:
 
     load_before = _load_average()
     records: list[dict[str, Any]] = []
+
+    def gguf_options(gpu_layers: int) -> dict[str, Any]:
+        opts: dict[str, Any] = {"n_gpu_layers": gpu_layers}
+        if args.n_batch is not None:
+            opts["n_batch"] = args.n_batch
+        if args.pack_tokens is not None:
+            opts["pack_tokens"] = args.pack_tokens
+        return opts
+
+    def load(spec: str, gpu_layers: int) -> Any:
+        if spec == "minilm-gguf":
+            return GGUFEncoder(minilm_gguf_path(), **gguf_options(gpu_layers))
+        if spec.endswith(".gguf"):
+            return GGUFEncoder(spec, **gguf_options(gpu_layers))
+        return get_encoder(spec)
+
+    def is_gguf(spec: str) -> bool:
+        return spec == "minilm-gguf" or spec.endswith(".gguf")
+
     for spec in args.encoders:
         start = time.perf_counter()
-        encoder = get_encoder(spec)
+        encoder = load(spec, args.gpu_layers)
         load_ms = (time.perf_counter() - start) * 1e3
+        on_gpu = is_gguf(spec) and args.gpu_layers != 0
         # first call pays lazy initialisation (torch kernels, llama.cpp graph): not part of plan time
         plan_context(contexts[min(contexts)][:256], queries[0], tokenizer=llm, encoder=encoder, cache=None)
         base = {
             "model": model_name,
-            "backend": "cpu",
+            "backend": "cuda" if on_gpu else "cpu",
             "kv_mode": "cocktail",
             "impl": "ours",
-            "encoder": spec,
+            "encoder": Path(spec).name if is_gguf(spec) else spec,
             "chunk_size": 32,
         }
         records.append(
@@ -183,12 +222,34 @@ def main() -> int:
                     flush=True,
                 )
         print(f"{spec:12s} load {load_ms:.0f} ms", flush=True)
+        if on_gpu:  # the GPU's embeddings against the same GGUF on the CPU, over the chunks of one context
+            from cocktail_gguf.planner import as_tokenizer, chunk_texts, split_chunks
+
+            chunks, tail = split_chunks(contexts[min(contexts)], 32)
+            texts, _ = chunk_texts(as_tokenizer(llm), chunks, tail)
+            cpu = load(spec, 0)
+            cos = (encoder.embed(texts) * cpu.embed(texts)).sum(axis=1)
+            cpu.close()
+            records.append(
+                {
+                    **base,
+                    "mix": None,
+                    "depth": None,
+                    "metric": "embedding_cos_vs_cpu_min",
+                    "value": round(float(cos.min()), 6),
+                    "n_runs": 1,
+                    "n_texts": len(texts),
+                }
+            )
+            print(f"{spec:12s} GPU vs CPU embeddings: min cosine {cos.min():.6f} over {len(texts)} chunks")
 
     result = {
         "bench": "plan_speed",
         "commit": commit(),
-        "machine": machine(),
-        "command": " ".join(["python", "bench/plan_speed.py", *sys.argv[1:]]),
+        "machine": machine() + gpu_name(),
+        "command": " ".join(
+            ["python", "bench/plan_speed.py", *(a.replace(f"{ROOT}/", "") for a in sys.argv[1:])]
+        ),
         "date": datetime.date.today().isoformat(),
         "load_average_1m": {"before": load_before, "after": _load_average()},
         "records": records,

@@ -331,6 +331,19 @@ def test_gguf_q8_0_and_cls_pooling(st_minilm, minilm_dir: Path, tmp_path: Path) 
     assert not np.allclose(cls.embed(TEXTS[:1]), q8.embed(TEXTS[:1]), atol=1e-3)
     with pytest.raises(ValueError, match="pooling='max'"):
         GGUFEncoder(tmp_path / "q8.gguf", pooling="max")
+    with pytest.raises(ValueError, match="n_gpu_layers=-2"):
+        GGUFEncoder(tmp_path / "q8.gguf", n_gpu_layers=-2)
+
+
+def test_gguf_large_packs_embed_the_same(minilm_gguf: Path) -> None:
+    """The GPU setting (many texts per decode, every layer offloaded; no GPU here: nothing moves) gives the
+    embeddings of the small CPU packs: texts in one batch are masked from each other."""
+    from cocktail_gguf.encoders import GGUFEncoder
+
+    texts = TEXTS * 12
+    small = GGUFEncoder(minilm_gguf).embed(texts)
+    big = GGUFEncoder(minilm_gguf, n_batch=2048, pack_tokens=2048, n_gpu_layers=-1).embed(texts)
+    np.testing.assert_allclose((small * big).sum(axis=1), 1.0, atol=1e-4)
 
 
 def test_converter_refuses_what_llama_cpp_cannot_run(minilm_dir: Path, tmp_path: Path) -> None:

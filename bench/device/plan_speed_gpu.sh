@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Run ON the GPU machine (the device tool), from the repo root: planner speed with the GGUF MiniLM on the GPU.
+# Carry .bundle and .whl (bench/device/make_bundle.sh) and .carry, made here with
+#   python bench/device/vocab_only_gguf.py .carry/gemma-3-270m-vocab.gguf     (the tokenizer, 6 MiB)
+#   cocktail-gguf convert-encoder -o .carry/all-MiniLM-L6-v2-q8_0.gguf --outtype q8_0   (25 MiB)
+# (the f16 GGUF, 46 MiB, does not fit the 64 MiB carry limit next to the bundle).
+# Usage: COMMIT=<sha> bash bench/device/plan_speed_gpu.sh     → $OUT/plan_speed_gpu.json, $OUT/build.log
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+out="${OUT:-/tmp/out}"
+TESTS="${TESTS:-$repo/tests/test_build_info.py}" bash "$repo/bench/device/build_cuda.sh"
+cd /tmp  # the installed CUDA build, not the source tree
+PYTHONPATH=/tmp/site python3 "$repo/bench/plan_speed.py" --model "$repo/.carry/gemma-3-270m-vocab.gguf" \
+  --encoders "$repo/.carry/all-MiniLM-L6-v2-q8_0.gguf" --gpu-layers -1 --n-batch 2048 --pack-tokens 2048 \
+  --runs "${RUNS:-5}" --out "$out/plan_speed_gpu.json"
