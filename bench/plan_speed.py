@@ -160,7 +160,7 @@ def main() -> int:
         start = time.perf_counter()
         encoder = load(spec, args.gpu_layers)
         load_ms = (time.perf_counter() - start) * 1e3
-        on_gpu = is_gguf(spec) and args.gpu_layers != 0
+        on_gpu = is_gguf(spec) and args.gpu_layers != 0 and bool(gpu_name())
         # first call pays lazy initialisation (torch kernels, llama.cpp graph): not part of plan time
         plan_context(contexts[min(contexts)][:256], queries[0], tokenizer=llm, encoder=encoder, cache=None)
         base = {
