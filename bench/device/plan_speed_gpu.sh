@@ -4,12 +4,18 @@
 #   python bench/device/vocab_only_gguf.py .carry/gemma-3-270m-vocab.gguf     (the tokenizer, 6 MiB)
 #   cocktail-gguf convert-encoder -o .carry/all-MiniLM-L6-v2-q8_0.gguf --outtype q8_0   (25 MiB)
 # (the f16 GGUF, 46 MiB, does not fit the 64 MiB carry limit next to the bundle).
-# Usage: COMMIT=<sha> bash bench/device/plan_speed_gpu.sh     → $OUT/plan_speed_gpu.json, $OUT/build.log
+# Usage: COMMIT=<sha> [PACKS="256 512 1024 2048"] bash bench/device/plan_speed_gpu.sh
+#   → $OUT/plan_speed_gpu_pack<P>.json per tokens-per-decode value P (n_batch = P), $OUT/build.log
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${OUT:-/tmp/out}"
-TESTS="${TESTS:-$repo/tests/test_build_info.py}" bash "$repo/bench/device/build_cuda.sh"
+if [ ! -d /tmp/site/cocktail_gguf ]; then
+  TESTS="${TESTS:-$repo/tests/test_build_info.py}" bash "$repo/bench/device/build_cuda.sh"
+fi
 cd /tmp  # the installed CUDA build, not the source tree
-PYTHONPATH=/tmp/site python3 "$repo/bench/plan_speed.py" --model "$repo/.carry/gemma-3-270m-vocab.gguf" \
-  --encoders "$repo/.carry/all-MiniLM-L6-v2-q8_0.gguf" --gpu-layers -1 --n-batch 2048 --pack-tokens 2048 \
-  --runs "${RUNS:-5}" --out "$out/plan_speed_gpu.json"
+for pack in ${PACKS:-2048}; do
+  PYTHONPATH=/tmp/site python3 "$repo/bench/plan_speed.py" --model "$repo/.carry/gemma-3-270m-vocab.gguf" \
+    --encoders "$repo/.carry/all-MiniLM-L6-v2-q8_0.gguf" --gpu-layers -1 --n-batch "$pack" --pack-tokens "$pack" \
+    --runs "${RUNS:-5}" --depths ${DEPTHS:-8192 32768} --out "$out/plan_speed_gpu_pack$pack.json" 2>&1 \
+    | grep -E "plan |GPU vs CPU|load " | sed "s|^|pack $pack: |"
+done
