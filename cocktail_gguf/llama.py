@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Generator, Sequence
@@ -72,6 +73,20 @@ class CocktailState(llama_cpp.LlamaState):
         self.plan = plan
 
 
+class BatchOptions(TypedDict, total=False):
+    """Keyword options of `Llama.ask_batch` (those of `ask` without return_logits)."""
+
+    mode: str | None
+    max_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repeat_penalty: float
+    stop: str | Sequence[str] | None
+    ignore_eos: bool
+
+
 class AskOptions(TypedDict, total=False):
     """Keyword options of `Llama.ask` / `ask_tokens` (defaults: those of `Llama.ask_stream`)."""
 
@@ -118,7 +133,9 @@ class Llama(llama_cpp.Llama):
     F16 copy of the last context for re-planning without prefill), progress (tqdm bars for prefill and
     planning: True, False, None = on a terminal for long inputs), release_staging (default True: after
     compaction llama.cpp's cache shrinks to the cells the query and answer need, so the F16 staging copy
-    of the context is freed; the next prefill grows it back to n_ctx).
+    of the context is freed; the next prefill grows it back to n_ctx), n_seq_max (default 1: sequences
+    one context holds, for `ask_batch`; > 1 makes llama.cpp's cache one stream shared by them,
+    kv_unified=True).
 
     With a segmented kv_mode, llama.cpp's ``swa_full`` defaults to False (pass it to override): the
     sliding-window layers of an iSWA model (Gemma 3) then keep only their window, not n_ctx tokens.
@@ -126,6 +143,8 @@ class Llama(llama_cpp.Llama):
     `ask(context, query)` runs the Cocktail flow: plan, prefill, compaction into Q2/Q4/F16
     regions, decode. kv_mode="f16" is plain llama.cpp (ask() then runs without a plan).
     """
+
+    _ctx: Any  # llama-cpp-python's LlamaContext (replaced when n_seq_max > 1)
 
     def __init__(
         self,
@@ -139,6 +158,7 @@ class Llama(llama_cpp.Llama):
         keep_f16_context: bool = False,
         progress: bool | None = None,
         release_staging: bool = True,
+        n_seq_max: int = 1,
         **kwargs: Any,
     ) -> None:
         validate_kv_options(kv_mode, chunk_size, alpha, beta)
@@ -149,6 +169,9 @@ class Llama(llama_cpp.Llama):
         if not isinstance(release_staging, bool):
             raise ValueError(f"release_staging={release_staging!r} must be True or False")
         self.release_staging = release_staging
+        if isinstance(n_seq_max, bool) or not isinstance(n_seq_max, int) or not 1 <= n_seq_max <= 256:
+            raise ValueError(f"n_seq_max={n_seq_max!r} must be an integer in 1..256")
+        self.n_seq_max = n_seq_max
         self._kv_shrunk = False  # llama.cpp's cache is smaller than n_ctx (cocktail_kv_resize)
         if kv_mode != "f16" and kwargs.get("swa_full") is None:
             kwargs["swa_full"] = False
@@ -173,6 +196,8 @@ class Llama(llama_cpp.Llama):
             if not str(exc).startswith("Failed to load model"):
                 raise
             raise ValueError(f"{exc}: {_gguf_problem(model_path)}") from exc
+        if n_seq_max > 1:
+            self._recreate_context(n_seq_max)
         if kv_mode != "f16":
             try:
                 self._check_segmented_supported()
@@ -180,21 +205,39 @@ class Llama(llama_cpp.Llama):
                 self.close()
                 raise
 
+    def _recreate_context(self, n_seq_max: int) -> None:
+        """llama-cpp-python makes one-sequence contexts: make ours again with n_seq_max sequences on one
+        KV stream (the segmented cache needs a single stream)."""
+        from llama_cpp._internals import LlamaContext
+
+        params = self.context_params
+        params.n_seq_max = n_seq_max
+        params.kv_unified = True
+        self._ctx.close()  # before the new one: never two full caches at once
+        try:
+            ctx = LlamaContext(model=self._model, params=params, verbose=self.verbose)
+        except BaseException:
+            self.close()
+            raise
+        self._ctx = self._stack.enter_context(contextlib.closing(ctx))
+
     @property
     def cocktail_plan(self) -> Plan | None:
         """The plan of the last `ask` (None before, and in kv_mode="f16")."""
         return self._cocktail_plan
 
-    def kv_regions(self) -> dict[int, LayerRegions]:
+    def kv_regions(self, seq_id: int = 0) -> dict[int, LayerRegions]:
         """Regions of each layer in the segmented cache, by model layer index (empty when no segmented
-        cache was used; sliding-window layers of iSWA models are not listed: they keep llama.cpp's cache)."""
+        cache was used; sliding-window layers of iSWA models are not listed: they keep llama.cpp's cache).
+        seq_id: the sequence (`ask_batch` puts pair i in sequence i)."""
         if not self._segmented_checked:
             return {}
-        return segmented_cache.layer_regions(self._ctx.ctx, llama_cpp.llama_model_n_layer(self._model.model))
+        n_layer = llama_cpp.llama_model_n_layer(self._model.model)
+        return segmented_cache.layer_regions(self._ctx.ctx, n_layer, seq_id)
 
     def kv_bytes(self) -> dict[str, int]:
         """Allocated KV bytes: llama.cpp's own cache ("llama_cache") and our Q2/Q4/F16 regions ("regions")."""
-        regions = sum(r.total_bytes for r in self.kv_regions().values())
+        regions = sum(r.total_bytes for s in range(self.n_seq_max) for r in self.kv_regions(s).values())
         return {"llama_cache": _native.memory_bytes(self._ctx.ctx)["kv_cache"], "regions": regions}
 
     def ask(
@@ -309,6 +352,68 @@ class Llama(llama_cpp.Llama):
             n_prompt_tokens=self.n_tokens - n_decoded,
             logits=logits,
             timings=timings,
+        )
+
+    def ask_batch(
+        self,
+        contexts: Sequence[str],
+        queries: Sequence[str],
+        plans: Sequence[Plan | None] | None = None,
+        **options: Unpack[BatchOptions],
+    ) -> list[Answer]:
+        """`ask` for several (context, query) pairs at once: pair i runs in sequence i of this context (at
+        most ``n_seq_max``) with its own plan, and every decode step evaluates one token of each unfinished
+        pair in a single batch. ``plans[i]`` as in `ask` (None: the planner / uniform plan of the mode).
+        Options: those of `ask` except return_logits. With greedy sampling the answers equal `ask`'s one at
+        a time. The cache must hold one prompt while it is prefilled plus the F16 tails of the others."""
+        if isinstance(contexts, str) or isinstance(queries, str):
+            raise ValueError("contexts and queries must be sequences of strings (one per pair), not a string")
+        if len(contexts) != len(queries):
+            raise ValueError(f"{len(contexts)} contexts and {len(queries)} queries: one query per context")
+        for i, (c, q) in enumerate(zip(contexts, queries, strict=True)):
+            if not isinstance(c, str):
+                raise ValueError(f"contexts[{i}]={c!r} must be a string")
+            if not isinstance(q, str) or not q.strip():
+                raise ValueError(f"queries[{i}]={q!r} must be a non-empty string")
+        context_ids = [list(self.tokenize(c.encode("utf-8"), add_bos=False, special=False)) for c in contexts]
+        query_ids = [list(self.tokenize(q.encode("utf-8"), add_bos=False, special=True)) for q in queries]
+        return self.ask_batch_tokens(context_ids, query_ids, plans, query_texts=list(queries), **options)
+
+    def ask_batch_tokens(
+        self,
+        context_ids: Sequence[Sequence[int]],
+        query_ids: Sequence[Sequence[int]],
+        plans: Sequence[Plan | None] | None = None,
+        *,
+        query_texts: Sequence[str] | None = None,
+        mode: str | None = None,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        stop: str | Sequence[str] | None = None,
+        ignore_eos: bool = False,
+    ) -> list[Answer]:
+        """`ask_batch` on token ids (see `ask_tokens`)."""
+        from .batch import ask_batch_tokens
+
+        return ask_batch_tokens(
+            self,
+            context_ids,
+            query_ids,
+            plans,
+            query_texts,
+            mode=mode,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            stop=stop,
+            ignore_eos=ignore_eos,
         )
 
     def load_context(
@@ -501,7 +606,8 @@ class Llama(llama_cpp.Llama):
 
     def _clear_cache(self) -> None:
         """Empties llama.cpp's cache and drops the segmented cache's plan and regions."""
-        segmented_cache.clear(self._ctx.ctx)  # also a plan set through segmented_cache directly
+        for seq in range(self.n_seq_max):  # also plans set through segmented_cache directly
+            segmented_cache.clear(self._ctx.ctx, seq)
         self._segmented_active = False
         mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         if mem is not None:

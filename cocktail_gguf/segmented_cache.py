@@ -16,7 +16,7 @@ from . import _native
 from .plan import PRECISIONS, Plan
 
 SEQ_ID = 0
-"""The only sequence the segmented cache (v1) serves."""
+"""The sequence a single-sequence context uses (every call takes ``seq_id``, default this)."""
 
 _changed: set[int] = set()
 """Addresses of the llama contexts a plan or compaction went to since `forget`: their llama.cpp cache may
@@ -60,14 +60,14 @@ def forget(ctx: Any) -> None:
     _changed.discard(ctypes.cast(ctx, ctypes.c_void_p).value or 0)
 
 
-def set_plan(ctx: Any, plan: Plan, pos0: int) -> None:
-    """Plans sequence 0: the context's first token sits at position ``pos0`` (1 after a BOS)."""
+def set_plan(ctx: Any, plan: Plan, pos0: int, seq_id: int = SEQ_ID) -> None:
+    """Plans sequence ``seq_id``: the context's first token sits at position ``pos0`` (1 after a BOS)."""
     codes = np.ascontiguousarray(plan.native_codes(), dtype=np.uint8)
     buf = _native.ffi.from_buffer("uint8_t[]", codes) if codes.size else _native.ffi.NULL
     ptr = _ctx_ptr(ctx, changing=True)
     _native.check(
         _native.lib().cocktail_set_plan(
-            ptr, SEQ_ID, pos0, plan.chunk_size, buf, plan.n_chunks, plan.n_context_tokens
+            ptr, seq_id, pos0, plan.chunk_size, buf, plan.n_chunks, plan.n_context_tokens
         ),
         "cocktail_set_plan",
     )
@@ -82,12 +82,12 @@ def check_supported(ctx: Any) -> None:
     clear(ctx)
 
 
-def clear(ctx: Any) -> None:
-    _native.check(_native.lib().cocktail_clear(_ctx_ptr(ctx), SEQ_ID), "cocktail_clear")
+def clear(ctx: Any, seq_id: int = SEQ_ID) -> None:
+    _native.check(_native.lib().cocktail_clear(_ctx_ptr(ctx), seq_id), "cocktail_clear")
 
 
-def compact(ctx: Any) -> None:
-    _native.check(_native.lib().cocktail_compact(_ctx_ptr(ctx, changing=True), SEQ_ID), "cocktail_compact")
+def compact(ctx: Any, seq_id: int = SEQ_ID) -> None:
+    _native.check(_native.lib().cocktail_compact(_ctx_ptr(ctx, changing=True), seq_id), "cocktail_compact")
 
 
 def check(ctx: Any) -> None:
@@ -95,13 +95,15 @@ def check(ctx: Any) -> None:
     _native.check(_native.lib().cocktail_check(_ctx_ptr(ctx)), "segmented KV cache")
 
 
-def layer_regions(ctx: Any, n_layer: int) -> dict[int, LayerRegions]:
+def layer_regions(ctx: Any, n_layer: int, seq_id: int = SEQ_ID) -> dict[int, LayerRegions]:
     """Regions of every layer in the segmented cache (sliding-window layers are not), by model layer index."""
     out: dict[int, LayerRegions] = {}
     info = _native.ffi.new("struct cocktail_layer_regions *")
     ptr = _ctx_ptr(ctx)
     for il in range(n_layer):
-        _native.check(_native.lib().cocktail_region_info(ptr, il, info), f"cocktail_region_info(layer {il})")
+        _native.check(
+            _native.lib().cocktail_region_info(ptr, seq_id, il, info), f"cocktail_region_info(layer {il})"
+        )
         if not info.segmented:
             continue
         out[il] = LayerRegions(
@@ -114,25 +116,25 @@ def layer_regions(ctx: Any, n_layer: int) -> dict[int, LayerRegions]:
     return out
 
 
-def state_bytes(ctx: Any) -> bytes:
-    """Sequence 0's plan and regions as bytes (empty without a plan); llama.cpp's state does not hold them."""
+def state_bytes(ctx: Any, seq_id: int = SEQ_ID) -> bytes:
+    """A sequence's plan and regions as bytes (empty without a plan); llama.cpp's state does not hold them."""
     ptr = _ctx_ptr(ctx)
     size = _native.ffi.new("size_t *", 0)
-    _native.check(_native.lib().cocktail_state_get(ptr, SEQ_ID, _native.ffi.NULL, size), "cocktail_state_get")
+    _native.check(_native.lib().cocktail_state_get(ptr, seq_id, _native.ffi.NULL, size), "cocktail_state_get")
     if size[0] == 0:
         return b""
     buf = _native.ffi.new("uint8_t[]", size[0])
-    _native.check(_native.lib().cocktail_state_get(ptr, SEQ_ID, buf, size), "cocktail_state_get")
+    _native.check(_native.lib().cocktail_state_get(ptr, seq_id, buf, size), "cocktail_state_get")
     return bytes(_native.ffi.buffer(buf, size[0]))
 
 
-def restore_state(ctx: Any, data: bytes) -> None:
-    """Replaces sequence 0's plan and regions with what `state_bytes` returned (b"" drops them)."""
+def restore_state(ctx: Any, data: bytes, seq_id: int = SEQ_ID) -> None:
+    """Replaces a sequence's plan and regions with what `state_bytes` returned (b"" drops them)."""
     if not isinstance(data, (bytes, bytearray)):
         raise ValueError(f"segmented-cache state must be bytes, not {type(data).__name__}")
     buf = _native.ffi.from_buffer("uint8_t[]", data) if data else _native.ffi.NULL
     _native.check(
-        _native.lib().cocktail_state_set(_ctx_ptr(ctx), SEQ_ID, buf, len(data)), "cocktail_state_set"
+        _native.lib().cocktail_state_set(_ctx_ptr(ctx), seq_id, buf, len(data)), "cocktail_state_set"
     )
 
 

@@ -140,9 +140,11 @@ COCKTAIL_API int cocktail_cpu_simd(int mode);
 
 // ---- segmented cache (plan, compaction) ----
 // The Q2/Q4/F16 segmented KV cache of a llama_context (created by this libllama). Flow: cocktail_set_plan, prefill
-// context + query (llama_decode), cocktail_compact, decode. v1 limits (each an error, never a silent fallback):
-// sequence 0 only, n_seq_max = 1, F16 K/V cache in host memory (CPU), the standard KV cache (iSWA: its
-// full-attention layers), no softcap / ALiBi / attention sinks / KQ bias.
+// context + query (llama_decode), cocktail_compact, decode. Each sequence (0 .. n_seq_max-1) has its own plan and
+// regions; a ubatch may mix sequences (each token attends to its sequence's regions + llama.cpp's cache under the
+// mask). Limits (each an error, never a silent fallback): one KV stream for all sequences (kv_unified = true), F16
+// K/V cache in host memory (CPU), the standard KV cache (iSWA: its full-attention layers), no softcap / ALiBi /
+// attention sinks / KQ bias, no token shared by several sequences once one of them is compacted.
 struct llama_context;
 
 // One model layer's regions, indexed by enum cocktail_precision (F16, Q4, Q2). All zero for a layer outside the
@@ -166,9 +168,11 @@ COCKTAIL_API int cocktail_clear(struct llama_context * ctx, int32_t seq_id);
 // After prefill: packs every layer's planned K/V rows into its regions (F16 chunks, then Q4, then Q2) and removes
 // those positions from llama.cpp's cache; later ubatches attend to regions + cache through the graph hook.
 COCKTAIL_API int cocktail_compact(struct llama_context * ctx, int32_t seq_id);
-// Region sizes of model layer `layer` (0 .. n_layer-1).
-COCKTAIL_API int cocktail_region_info(struct llama_context * ctx, int32_t layer, struct cocktail_layer_regions * out);
-// COCKTAIL_EINTERNAL with the message if a graph build or attention op of this context hit an error since its plan.
+// Region sizes of sequence seq_id's model layer `layer` (0 .. n_layer-1).
+COCKTAIL_API int cocktail_region_info(struct llama_context * ctx, int32_t seq_id, int32_t layer,
+                                      struct cocktail_layer_regions * out);
+// COCKTAIL_EINTERNAL with the message if a graph build or attention op of this context hit an error since the plan
+// of any of its sequences.
 COCKTAIL_API int cocktail_check(struct llama_context * ctx);
 // Serializes seq_id's plan and regions (llama.cpp's own state does not hold them; save both). *size: dst's capacity
 // in, bytes written out; dst NULL: *size gets the bytes needed. No plan: 0 bytes.

@@ -3,37 +3,81 @@
 #include "cocktail_attn_cpu.h"
 #include "cocktail_hooks.h"
 #include "cocktail_segmented.h"
+#include "ggml-backend.h"
 #include "ggml.h"
+#include "llama-batch.h"
 #include "llama-graph.h"
 
 #include <cstring>
+#include <map>
+#include <memory>
 #include <string>
+#include <vector>
 
 namespace cocktail {
 namespace graph_impl {
 namespace {
 
-// A graph input without tensors: the graph may be reused only while no plan / compaction changed.
-class EpochInput : public llm_graph_input_i {
-  public:
-    EpochInput(uint64_t epoch, std::shared_ptr<SegmentedCache> keep) : epoch_(epoch), keep_(std::move(keep)) {}
+constexpr cocktail_kv_region kNoRegions[kNumPrecisions] = {};
 
-    void set_input(const llama_ubatch * ubatch) override { GGML_UNUSED(ubatch); }
+// What the attention op of one layer of one graph reads: the regions of every planned sequence (compacted ones;
+// others attend to llama.cpp's cache only), and the sequence of each query token (an input tensor).
+struct LayerOp {
+    int32_t                                       il       = -1;
+    float                                         kq_scale = 0.0f;
+    std::map<int32_t, const cocktail_kv_region *> regions;  // seq -> its regions (compacted sequences)
+    std::vector<SegmentedCache *>                 owners;   // where a runtime error is reported
+    ggml_tensor *                                 seq_ids = nullptr;
+
+    void report(const std::string & msg) const {
+        for (SegmentedCache * o : owners) {
+            o->set_runtime_error("layer " + std::to_string(il) + ": " + msg);
+        }
+    }
+};
+
+// A graph input: keeps the planned sequences (and the op's data) alive as long as the graph, fills the op's
+// token -> sequence table for each ubatch, and stops reuse of the graph after any plan / compaction change.
+class SegmentsInput : public llm_graph_input_i {
+  public:
+    SegmentsInput(uint64_t epoch, std::vector<SeqLayer> keep) : epoch_(epoch), keep_(std::move(keep)) {}
+
+    std::unique_ptr<LayerOp> op;  // null: the layer runs upstream's attention in this graph
+
+    void set_input(const llama_ubatch * ubatch) override {
+        if (op == nullptr || op->seq_ids == nullptr) {
+            return;
+        }
+        std::vector<int32_t> ids(ubatch->n_tokens, -1);
+        for (uint32_t i = 0; i < ubatch->n_tokens; ++i) {
+            if (ubatch->n_seq_id[i] == 1) {
+                ids[i] = ubatch->seq_id[i][0];
+                continue;
+            }
+            for (int32_t j = 0; j < ubatch->n_seq_id[i]; ++j) {  // a token shared by sequences: cache only
+                if (op->regions.count(ubatch->seq_id[i][j]) != 0) {
+                    op->report("a token belongs to " + std::to_string(ubatch->n_seq_id[i]) +
+                               " sequences, one of them compacted (sequence " + std::to_string(ubatch->seq_id[i][j]) +
+                               "): each compacted sequence needs its own tokens");
+                }
+            }
+        }
+        ggml_backend_tensor_set(op->seq_ids, ids.data(), 0, ids.size() * sizeof(int32_t));
+    }
 
     bool can_reuse(const llm_graph_params & params) override {
-        GGML_UNUSED(params);
-        return epoch_ == current_epoch();
+        if (epoch_ != current_epoch()) {
+            return false;
+        }
+        return op == nullptr || op->seq_ids == nullptr || op->seq_ids->ne[0] == params.ubatch.n_tokens;
     }
 
   private:
-    uint64_t                        epoch_;
-    std::shared_ptr<SegmentedCache> keep_;  // the op's userdata lives as long as the graph
+    uint64_t              epoch_;
+    std::vector<SeqLayer> keep_;
 };
 
-// ggml custom op: dst [head_dim, n_head, n_tokens] = attention of q over the layer's regions + the cache view
-// (src: q, k, v, kq_mask). Threads split the (KV head, query rows) tiles; no barriers needed.
-void attn_mixed_regions_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
-    const auto *        layer   = static_cast<const LayerRegions *>(userdata);
+cocktail_attn_args base_args(const LayerOp & op, const ggml_tensor * dst) {
     const ggml_tensor * q       = dst->src[0];
     const ggml_tensor * k       = dst->src[1];
     const ggml_tensor * v       = dst->src[2];
@@ -45,14 +89,14 @@ void attn_mixed_regions_op(ggml_tensor * dst, int ith, int nth, void * userdata)
     a.n_head            = static_cast<int>(q->ne[1]);
     a.n_head_kv         = static_cast<int>(k->ne[1]);
     a.head_dim          = static_cast<int>(q->ne[0]);
-    a.kq_scale          = layer->kq_scale;
+    a.kq_scale          = op.kq_scale;
     a.q                 = static_cast<const float *>(q->data);
     a.q_nb_token        = q->nb[2];
     a.q_nb_head         = q->nb[1];
     a.out               = static_cast<float *>(dst->data);
     a.out_nb_token      = dst->nb[2];
     a.out_nb_head       = dst->nb[1];
-    a.regions           = layer->regions;
+    a.regions           = kNoRegions;
     a.n_regions         = kNumPrecisions;
     a.n_tail            = static_cast<int>(k->ne[2]);
     a.tail_k            = k->data;
@@ -65,15 +109,42 @@ void attn_mixed_regions_op(ggml_tensor * dst, int ith, int nth, void * userdata)
     a.mask              = mask ? mask->data : nullptr;
     a.mask_nb_row       = mask ? mask->nb[1] : 0;
     a.mask_f16          = mask && mask->type == GGML_TYPE_F16 ? 1 : 0;
+    return a;
+}
 
-    if (attn_mixed_regions_check(a) != COCKTAIL_OK) {
-        if (ith == 0) {  // cannot fail a ggml op: zeros out, the error reaches Python through cocktail_check()
-            std::memset(dst->data, 0, ggml_nbytes(dst));
-            layer->owner->set_runtime_error("layer " + std::to_string(layer->il) + ": " + cocktail_last_error());
+// ggml custom op: dst [head_dim, n_head, n_tokens] = attention of q over the regions of each token's sequence + the
+// cache view (src: q, k, v, kq_mask, seq ids). Runs of consecutive tokens of one sequence are one attention call;
+// threads split each run's (KV head, query rows) tiles, rotated per run so single-token runs spread; no barriers.
+void attn_mixed_regions_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    const auto *             op   = static_cast<const LayerOp *>(userdata);
+    const cocktail_attn_args all  = base_args(*op, dst);
+    const auto *             seqs = static_cast<const int32_t *>(dst->src[4]->data);
+    const int                n    = all.n_q_tokens;
+    int                      run  = 0;
+    for (int i0 = 0, i1 = 0; i0 < n; i0 = i1, ++run) {
+        i1 = i0 + 1;
+        while (i1 < n && seqs[i1] == seqs[i0]) {
+            ++i1;
         }
-        return;
+        cocktail_attn_args a = all;
+        a.n_q_tokens         = i1 - i0;
+        a.q    = reinterpret_cast<const float *>(reinterpret_cast<const char *>(all.q) + i0 * all.q_nb_token);
+        a.out  = reinterpret_cast<float *>(reinterpret_cast<char *>(all.out) + i0 * all.out_nb_token);
+        a.mask = all.mask ? static_cast<const char *>(all.mask) + static_cast<size_t>(i0) * all.mask_nb_row : nullptr;
+        if (auto it = op->regions.find(seqs[i0]); it != op->regions.end()) {
+            a.regions = it->second;
+        }
+        if (attn_mixed_regions_check(a) != COCKTAIL_OK) {
+            if (ith == 0) {  // cannot fail a ggml op: zeros out, the error reaches Python through cocktail_check()
+                for (int i = i0; i < i1; ++i) {
+                    std::memset(static_cast<char *>(dst->data) + i * dst->nb[2], 0, dst->nb[2]);
+                }
+                op->report(cocktail_last_error());
+            }
+            continue;
+        }
+        attn_mixed_regions_part(a, (ith + run) % nth, nth);
     }
-    attn_mixed_regions_part(a, ith, nth);
 }
 
 // Why the op cannot take these tensors (empty: it can).
@@ -124,38 +195,59 @@ ggml_tensor * cocktail_build_attn(ggml_context *     ctx0,
                                   float              kq_scale,
                                   int                il) {
     using namespace cocktail;
-    const ggml_tensor * storage = k->view_src ? k->view_src : k;
-    auto [state, layer]         = find_layer(storage);
-    res->add_input(std::make_unique<graph_impl::EpochInput>(current_epoch(), state));
-    if (layer == nullptr) {
+    const ggml_tensor *   storage = k->view_src ? k->view_src : k;
+    std::vector<SeqLayer> seqs    = find_layer(storage);
+    auto                  input   = std::make_unique<graph_impl::SegmentsInput>(current_epoch(), seqs);
+    auto *                in      = input.get();
+    res->add_input(std::move(input));
+    if (seqs.empty()) {
         return nullptr;
     }
-    layer->seen = true;
+    bool any_compacted = false;
+    for (const SeqLayer & s : seqs) {
+        s.layer->seen = true;
+        any_compacted = any_compacted || s.owner->compacted;
+    }
     if (kq_b != nullptr || sinks != nullptr || v_mla != nullptr) {
-        if (layer->unsupported.empty()) {
-            layer->unsupported = std::string("attention with ") +
-                                 (kq_b  ? "a KQ bias" :
-                                  sinks ? "attention sinks" :
-                                          "MLA value projection") +
-                                 " is not supported by the segmented cache (v1)";
-        }
-        if (state->compacted) {
-            state->set_runtime_error("layer " + std::to_string(il) + ": " + layer->unsupported);
+        for (const SeqLayer & s : seqs) {
+            if (s.layer->unsupported.empty()) {
+                s.layer->unsupported = std::string("attention with ") +
+                                       (kq_b  ? "a KQ bias" :
+                                        sinks ? "attention sinks" :
+                                                "MLA value projection") +
+                                       " is not supported by the segmented cache (v1)";
+            }
+            if (s.owner->compacted) {
+                s.owner->set_runtime_error("layer " + std::to_string(il) + ": " + s.layer->unsupported);
+            }
         }
         return nullptr;
     }
-    if (!state->compacted) {
+    if (!any_compacted) {
         return nullptr;  // prefill before compaction: upstream attention over the F16 staging cache
     }
-    const std::string problem = graph_impl::op_shape_problem(*layer, q, k, v, kq_mask);
+    const std::string problem = graph_impl::op_shape_problem(*seqs.front().layer, q, k, v, kq_mask);
     if (!problem.empty()) {
-        state->set_runtime_error("layer " + std::to_string(il) + ": " + problem);
+        for (const SeqLayer & s : seqs) {
+            s.owner->set_runtime_error("layer " + std::to_string(il) + ": " + problem);
+        }
         return nullptr;
     }
-    layer->kq_scale       = kq_scale;
-    ggml_tensor * args[4] = { q, k, v, kq_mask };
-    ggml_tensor * cur     = ggml_custom_4d(ctx0, GGML_TYPE_F32, q->ne[0], q->ne[1], q->ne[2], 1, args, 4,
-                                           graph_impl::attn_mixed_regions_op, GGML_N_TASKS_MAX, layer);
+    in->op           = std::make_unique<graph_impl::LayerOp>();
+    in->op->il       = il;
+    in->op->kq_scale = kq_scale;
+    for (const SeqLayer & s : seqs) {
+        in->op->owners.push_back(s.owner.get());
+        if (s.owner->compacted) {
+            in->op->regions[s.owner->seq_id] = s.layer->regions;
+        }
+    }
+    in->op->seq_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, q->ne[2]);
+    ggml_set_input(in->op->seq_ids);
+    ggml_format_name(in->op->seq_ids, "cocktail_seq_ids-%d", il);
+    ggml_tensor * args[5] = { q, k, v, kq_mask, in->op->seq_ids };
+    ggml_tensor * cur     = ggml_custom_4d(ctx0, GGML_TYPE_F32, q->ne[0], q->ne[1], q->ne[2], 1, args, 5,
+                                           graph_impl::attn_mixed_regions_op, GGML_N_TASKS_MAX, in->op.get());
     ggml_format_name(cur, "attn_mixed_regions-%d", il);
     cur = ggml_reshape_2d(ctx0, cur, cur->ne[0] * cur->ne[1], cur->ne[2]);
     ggml_build_forward_expand(gf, cur);

@@ -28,9 +28,11 @@ namespace segmented_impl {
 namespace {
 
 struct Registry {
-    std::mutex                                                                                          mutex;
-    std::unordered_map<const llama_context *, std::shared_ptr<SegmentedCache>>                          by_ctx;
-    std::unordered_map<const ggml_tensor *, std::pair<std::shared_ptr<SegmentedCache>, LayerRegions *>> by_k;
+    std::mutex mutex;
+    // the planned sequences of each context
+    std::unordered_map<const llama_context *, std::map<int32_t, std::shared_ptr<SegmentedCache>>> by_ctx;
+    // the K tensor of every layer of a context with a plan -> (context, model layer)
+    std::unordered_map<const ggml_tensor *, std::pair<const llama_context *, int32_t>>             by_k;
     // layers of a context whose attention went through the hook under an earlier plan (il -> unsupported reason):
     // a new plan over a restored F16 cache (no graph built since) can then be compacted
     std::unordered_map<const llama_context *, std::unordered_map<int32_t, std::string>> hooked;
@@ -43,37 +45,66 @@ Registry & registry() {
 
 std::atomic<uint64_t> g_epoch{ 1 };
 
-// Caller holds the registry mutex.
-void unregister_locked(Registry & r, const llama_context * ctx) {
+// Drops seq_id's plan (seq_id < 0: every sequence of ctx). Caller holds the registry mutex.
+void unregister_locked(Registry & r, const llama_context * ctx, int32_t seq_id) {
     auto it = r.by_ctx.find(ctx);
     if (it == r.by_ctx.end()) {
         return;
     }
+    auto & seqs   = it->second;
     auto & hooked = r.hooked[ctx];
-    for (const auto & layer : it->second->layers) {
-        r.by_k.erase(layer->k_storage);
-        if (layer->seen) {
-            hooked[layer->il] = layer->unsupported;
+    for (auto s = seqs.begin(); s != seqs.end();) {
+        if (seq_id >= 0 && s->first != seq_id) {
+            ++s;
+            continue;
         }
+        for (const auto & layer : s->second->layers) {
+            if (layer->seen) {
+                hooked[layer->il] = layer->unsupported;
+            }
+        }
+        s = seqs.erase(s);
     }
-    r.by_ctx.erase(it);
+    if (seqs.empty()) {
+        for (auto k = r.by_k.begin(); k != r.by_k.end();) {
+            k = k->second.first == ctx ? r.by_k.erase(k) : std::next(k);
+        }
+        r.by_ctx.erase(it);
+    }
     g_epoch.fetch_add(1);
 }
 
-std::shared_ptr<SegmentedCache> find_ctx(const llama_context * ctx) {
+std::shared_ptr<SegmentedCache> find_seq(const llama_context * ctx, int32_t seq_id) {
     Registry &                  r = registry();
     std::lock_guard<std::mutex> lock(r.mutex);
     auto                        it = r.by_ctx.find(ctx);
-    return it == r.by_ctx.end() ? nullptr : it->second;
+    if (it == r.by_ctx.end()) {
+        return nullptr;
+    }
+    auto s = it->second.find(seq_id);
+    return s == it->second.end() ? nullptr : s->second;
+}
+
+std::vector<std::shared_ptr<SegmentedCache>> find_all(const llama_context * ctx) {
+    Registry &                                   r = registry();
+    std::lock_guard<std::mutex>                  lock(r.mutex);
+    std::vector<std::shared_ptr<SegmentedCache>> out;
+    if (auto it = r.by_ctx.find(ctx); it != r.by_ctx.end()) {
+        for (const auto & [seq, st] : it->second) {
+            out.push_back(st);
+        }
+    }
+    return out;
 }
 
 int check_seq(const char * what, const llama_context * ctx, int32_t seq_id) {
     if (ctx == nullptr) {
         return fail(COCKTAIL_EINVAL, std::string(what) + ": ctx is NULL");
     }
-    if (seq_id != 0) {
-        return fail(COCKTAIL_EINVAL, std::string(what) + ": seq_id " + std::to_string(seq_id) +
-                                         " is not supported (the segmented cache handles sequence 0 only)");
+    const auto n_seq_max = static_cast<int32_t>(llama_n_seq_max(ctx));
+    if (seq_id < 0 || seq_id >= n_seq_max) {
+        return fail(COCKTAIL_EINVAL, std::string(what) + ": seq_id " + std::to_string(seq_id) + " is not in [0, " +
+                                         std::to_string(n_seq_max) + ") (the context's n_seq_max)");
     }
     return COCKTAIL_OK;
 }
@@ -102,9 +133,10 @@ llama_kv_cache * standard_cache(llama_context * ctx, const llama_model & model) 
 int check_model(llama_context * ctx, const llama_model & model, llama_kv_cache * kv) {
     const llama_hparams & hp   = model.hparams;
     const std::string     arch = llm_arch_name(model.arch);
-    if (llama_n_seq_max(ctx) != 1 || kv->get_n_stream() != 1) {
+    if (kv->get_n_stream() != 1) {
         return fail(COCKTAIL_EUNSUPPORTED, "the context has n_seq_max = " + std::to_string(llama_n_seq_max(ctx)) +
-                                               ": the segmented cache (v1) needs a single-sequence context");
+                                               " with a KV stream per sequence: the segmented cache needs one "
+                                               "stream for all sequences (kv_unified = true)");
     }
     if (kv->type_k() != GGML_TYPE_F16 || kv->type_v() != GGML_TYPE_F16) {
         return fail(COCKTAIL_EUNSUPPORTED,
@@ -279,27 +311,40 @@ void SegmentedCache::set_runtime_error(const std::string & msg) {
     has_runtime_error.store(true);
 }
 
-std::pair<std::shared_ptr<SegmentedCache>, LayerRegions *> find_layer(const ggml_tensor * k_storage) {
+std::vector<SeqLayer> find_layer(const ggml_tensor * k_storage) {
     segmented_impl::Registry &  r = segmented_impl::registry();
     std::lock_guard<std::mutex> lock(r.mutex);
+    std::vector<SeqLayer>       out;
     auto                        it = r.by_k.find(k_storage);
     if (it == r.by_k.end()) {
-        return { nullptr, nullptr };
+        return out;
     }
-    return it->second;
+    const auto & [ctx, il] = it->second;
+    for (const auto & [seq, st] : r.by_ctx[ctx]) {
+        for (const auto & layer : st->layers) {
+            if (layer->il == il) {
+                out.push_back({ st, layer.get() });
+            }
+        }
+    }
+    return out;
 }
 
 void rebind_cache(llama_context * ctx) {
     segmented_impl::Registry &  r = segmented_impl::registry();
     std::lock_guard<std::mutex> lock(r.mutex);
     if (auto it = r.by_ctx.find(ctx); it != r.by_ctx.end()) {
-        SegmentedCache & st = *it->second;
-        st.kv               = segmented_impl::standard_cache(ctx, *llama_get_model(ctx));
-        for (auto & layer : st.layers) {
-            r.by_k.erase(layer->k_storage);
-            layer->k_storage = st.kv ? st.kv->get_k_storage(layer->il) : nullptr;
-            if (layer->k_storage != nullptr) {
-                r.by_k[layer->k_storage] = { it->second, layer.get() };
+        for (auto k = r.by_k.begin(); k != r.by_k.end();) {
+            k = k->second.first == ctx ? r.by_k.erase(k) : std::next(k);
+        }
+        llama_kv_cache * kv = segmented_impl::standard_cache(ctx, *llama_get_model(ctx));
+        for (auto & [seq, st] : it->second) {
+            st->kv = kv;
+            for (auto & layer : st->layers) {
+                layer->k_storage = kv ? kv->get_k_storage(layer->il) : nullptr;
+                if (layer->k_storage != nullptr) {
+                    r.by_k[layer->k_storage] = { ctx, layer->il };
+                }
             }
         }
     }
@@ -315,7 +360,7 @@ uint64_t current_epoch() {
 void cocktail_context_free(const llama_context * ctx) {
     cocktail::segmented_impl::Registry & r = cocktail::segmented_impl::registry();
     std::lock_guard<std::mutex>          lock(r.mutex);
-    cocktail::segmented_impl::unregister_locked(r, ctx);
+    cocktail::segmented_impl::unregister_locked(r, ctx, -1);
     r.hooked.erase(ctx);
 }
 
@@ -396,11 +441,11 @@ int cocktail_set_plan(struct llama_context * ctx,
     }
     Registry &                  r = registry();
     std::lock_guard<std::mutex> lock(r.mutex);
-    unregister_locked(r, ctx);
-    r.by_ctx[ctx]       = st;
-    const auto & hooked = r.hooked[ctx];
+    unregister_locked(r, ctx, seq_id);
+    r.by_ctx[ctx][seq_id] = st;
+    const auto & hooked   = r.hooked[ctx];
     for (const auto & layer : st->layers) {
-        r.by_k[layer->k_storage] = { st, layer.get() };
+        r.by_k[layer->k_storage] = { ctx, layer->il };
         if (auto h = hooked.find(layer->il); h != hooked.end()) {
             layer->seen        = true;
             layer->unsupported = h->second;
@@ -417,7 +462,7 @@ int cocktail_clear(struct llama_context * ctx, int32_t seq_id) {
     }
     Registry &                  r = registry();
     std::lock_guard<std::mutex> lock(r.mutex);
-    unregister_locked(r, ctx);
+    unregister_locked(r, ctx, seq_id);
     return COCKTAIL_OK;
 }
 
@@ -427,7 +472,7 @@ int cocktail_compact(struct llama_context * ctx, int32_t seq_id) {
     if (int rc = check_seq("cocktail_compact", ctx, seq_id); rc != COCKTAIL_OK) {
         return rc;
     }
-    auto st = find_ctx(ctx);
+    auto st = find_seq(ctx, seq_id);
     if (st == nullptr) {
         return fail(COCKTAIL_ESTATE, "cocktail_compact: sequence " + std::to_string(seq_id) +
                                          " has no plan (call cocktail_set_plan before prefill)");
@@ -435,11 +480,17 @@ int cocktail_compact(struct llama_context * ctx, int32_t seq_id) {
     return compact(*st);
 }
 
-int cocktail_region_info(struct llama_context * ctx, int32_t layer, struct cocktail_layer_regions * out) {
+int cocktail_region_info(struct llama_context *          ctx,
+                         int32_t                         seq_id,
+                         int32_t                         layer,
+                         struct cocktail_layer_regions * out) {
     using namespace cocktail;
     using namespace cocktail::segmented_impl;
-    if (ctx == nullptr || out == nullptr) {
-        return fail(COCKTAIL_EINVAL, "cocktail_region_info: ctx or out is NULL");
+    if (int rc = check_seq("cocktail_region_info", ctx, seq_id); rc != COCKTAIL_OK) {
+        return rc;
+    }
+    if (out == nullptr) {
+        return fail(COCKTAIL_EINVAL, "cocktail_region_info: out is NULL");
     }
     const int32_t n_layer = llama_model_n_layer(llama_get_model(ctx));
     if (layer < 0 || layer >= n_layer) {
@@ -447,7 +498,7 @@ int cocktail_region_info(struct llama_context * ctx, int32_t layer, struct cockt
                                          std::to_string(n_layer) + ")");
     }
     *out    = {};
-    auto st = find_ctx(ctx);
+    auto st = find_seq(ctx, seq_id);
     if (st == nullptr) {
         return COCKTAIL_OK;
     }
@@ -472,12 +523,13 @@ int cocktail_check(struct llama_context * ctx) {
     if (ctx == nullptr) {
         return fail(COCKTAIL_EINVAL, "cocktail_check: ctx is NULL");
     }
-    auto st = find_ctx(ctx);
-    if (st == nullptr || !st->has_runtime_error.load()) {
-        return COCKTAIL_OK;
+    for (const auto & st : find_all(ctx)) {
+        if (st->has_runtime_error.load()) {
+            std::lock_guard<std::mutex> lock(st->error_mutex);
+            return fail(COCKTAIL_EINTERNAL, "segmented cache: " + st->runtime_error);
+        }
     }
-    std::lock_guard<std::mutex> lock(st->error_mutex);
-    return fail(COCKTAIL_EINTERNAL, "segmented cache: " + st->runtime_error);
+    return COCKTAIL_OK;
 }
 
 }  // extern "C"
@@ -541,7 +593,7 @@ int cocktail_state_get(struct llama_context * ctx, int32_t seq_id, uint8_t * dst
     if (size == nullptr) {
         return fail(COCKTAIL_EINVAL, "cocktail_state_get: size is NULL");
     }
-    auto        st = find_ctx(ctx);
+    auto        st = find_seq(ctx, seq_id);
     StateWriter w{ dst, dst ? *size : 0 };
     if (st != nullptr) {
         w.put(kStateMagic);
@@ -603,7 +655,7 @@ int cocktail_state_set(struct llama_context * ctx, int32_t seq_id, const uint8_t
     if (int rc = cocktail_set_plan(ctx, seq_id, pos0, chunk_size, precisions, n_chunks, n_context); rc != COCKTAIL_OK) {
         return rc;
     }
-    auto st = find_ctx(ctx);
+    auto st = find_seq(ctx, seq_id);
     if (n_layers != static_cast<int32_t>(st->layers.size())) {
         cocktail_clear(ctx, seq_id);
         return fail(COCKTAIL_EINVAL, what + ": the state has " + std::to_string(n_layers) +

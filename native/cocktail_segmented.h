@@ -31,12 +31,11 @@ struct LayerRegions {
     std::vector<uint8_t> k[kNumPrecisions];
     std::vector<uint8_t> v[kNumPrecisions];
     cocktail_kv_region   regions[kNumPrecisions] = {};     // F16, Q4, Q2 (any order is exact)
-    float                kq_scale                = 0.0f;   // set when the graph is built
     bool                 seen                    = false;  // this layer's attention went through cocktail_build_attn
     std::string          unsupported;                      // first reason the hook could not take this layer
 };
 
-// The plan and regions of one sequence of one llama_context (v1: seq 0, one per context).
+// The plan and regions of one sequence of one llama_context (several sequences need one KV stream: kv_unified).
 struct SegmentedCache {
     llama_context *                            ctx    = nullptr;
     llama_kv_cache *                           kv     = nullptr;  // the standard cache (the base one of an iSWA pair)
@@ -58,8 +57,14 @@ struct SegmentedCache {
     void set_runtime_error(const std::string & msg);
 };
 
-// The segmented-cache layer whose K tensor is k_storage, with its owner kept alive; {nullptr, nullptr} if none.
-std::pair<std::shared_ptr<SegmentedCache>, LayerRegions *> find_layer(const ggml_tensor * k_storage);
+// One planned sequence's entry for a layer, its owner kept alive.
+struct SeqLayer {
+    std::shared_ptr<SegmentedCache> owner;
+    LayerRegions *                  layer;
+};
+
+// The layer whose K tensor is k_storage, in every planned sequence of its context (empty: not segmented).
+std::vector<SeqLayer> find_layer(const ggml_tensor * k_storage);
 
 // After the context's KV memory module was replaced (cocktail_kv_resize): the segmented cache of ctx, if any, finds
 // its layers by the new cache's K tensors; graphs built before are not reused.

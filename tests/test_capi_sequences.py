@@ -279,7 +279,7 @@ class Runner:
         ptr = segmented_cache._ctx_ptr(self.ctx)
         self.expect_error(
             f"layer {layer} is not in [0, {self.n_layer})",
-            lambda: _native.check(_native.lib().cocktail_region_info(ptr, layer, info), "region_info"),
+            lambda: _native.check(_native.lib().cocktail_region_info(ptr, 0, layer, info), "region_info"),
         )
 
     def _eval(self, tokens: list[int]) -> None:

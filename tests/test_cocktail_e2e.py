@@ -207,7 +207,8 @@ def test_bad_arguments_name_the_value(tiny_models: dict[str, Path], llama_kwargs
     with pytest.raises(_native.NativeError, match="has no plan"):
         segmented_cache.compact(ctx)
     with pytest.raises(ValueError, match=r"layer 99 is not in \[0, 2\)"):
-        _native.check(lib.cocktail_region_info(ptr, 99, ffi.new("struct cocktail_layer_regions *")), "info")
+        info = ffi.new("struct cocktail_layer_regions *")
+        _native.check(lib.cocktail_region_info(ptr, 0, 99, info), "info")
     with pytest.raises(ValueError, match="n_context_tokens=5 but the context has"):
         llm.ask(CONTEXT, QUERY, plan=Plan.uniform(5, 1, "q4"))
     with pytest.raises(ValueError, match="query=''"):
