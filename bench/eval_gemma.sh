@@ -14,6 +14,20 @@ case "${1:-all}" in
     # perplexity of the uniform formats vs llama.cpp's q8_0 / q4_0 KV (second half of 4096-token windows)
     run --tasks none --methods f16,f16-regions,q4,q2,kivi2,llama-q8_0,llama-q4_0 \
         --perplexity-windows 6 --perplexity-window 4096 --out $out/eval_gemma_ppl ;;&
+  more)
+    # 5 more samples per task (indexes 5-9) for the key methods of the 4K table, merged into its raw records
+    # (vartrack is left out: every method scores 0 on it with this model)
+    run --tasks passkey,niah_single,niah_multikey,niah_multivalue,qa --lengths 4096 -n 5 --first-sample 5 \
+        --methods f16,q2,cocktail,random --out /tmp/eval_gemma_4k_more
+    cat /tmp/eval_gemma_4k_more.samples.jsonl >> $out/eval_gemma_4k.samples.jsonl
+    python - "$out/eval_gemma_4k.json" <<'PY'
+import json, sys
+p = sys.argv[1]
+d = json.load(open(p))
+d["command"] = "bash bench/eval_gemma.sh main; bash bench/eval_gemma.sh more (samples 5-9: f16, q2, cocktail, random)"
+json.dump(d, open(p, "w"), indent=2)
+PY
+    run --from-samples --out $out/eval_gemma_4k ;;
   sweep|all)
     # alpha / beta / chunk-size sweep at ~2K tokens
     run --lengths 2048 -n 3 --methods f16,cocktail,cocktail-a0.5,cocktail-a0.7,cocktail-b0.05,cocktail-b0.2,cocktail-cs8,cocktail-cs16,cocktail-cs64,cocktail-cs128,random \

@@ -70,6 +70,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--first-sample",
+        type=int,
+        default=0,
+        help="index of the first sample (a run from index 5 adds samples 5.. to a run of -n 5)",
+    )
+    p.add_argument(
         "--corpus", nargs="+", help="haystack text files (default: the shipped public-domain prose)"
     )
     p.add_argument(
@@ -183,7 +189,9 @@ def main(args: argparse.Namespace) -> int:
             (length, s)
             for length in args.lengths
             for task in args.tasks
-            for s in tasks.make_samples(task, args.samples, length, docs, runner.count_tokens, args.seed)
+            for s in tasks.make_samples(
+                task, args.samples, length, docs, runner.count_tokens, args.seed, args.first_sample
+            )
         ]
         raw_path = Path(f"{args.out}.samples.jsonl")
         records = run(runner, samples)

@@ -235,17 +235,26 @@ def qa(rng: random.Random, corpus: Sequence[str], n_tokens: int, count: CountTok
 
 
 def make_samples(
-    task: str, n: int, n_tokens: int, corpus: Sequence[str], count_tokens: CountTokens, seed: int = 0
+    task: str,
+    n: int,
+    n_tokens: int,
+    corpus: Sequence[str],
+    count_tokens: CountTokens,
+    seed: int = 0,
+    start: int = 0,
 ) -> list[Sample]:
-    """``n`` samples of ``task`` with ~``n_tokens``-token contexts; the same seed gives the same samples."""
+    """Samples ``start`` .. ``start + n - 1`` of ``task`` with ~``n_tokens``-token contexts; each is fixed by
+    (seed, task, n_tokens, index), so a later run with another ``start`` adds new samples to earlier ones."""
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not one of {', '.join(TASKS)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r} samples: need a positive integer")
     if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 256:
         raise ValueError(f"n_tokens={n_tokens!r}: contexts need at least 256 tokens")
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"start={start!r}: need a non-negative integer")
     out = []
-    for i in range(n):
+    for i in range(start, start + n):
         rng = random.Random(f"{seed}/{task}/{n_tokens}/{i}")
         if task == "passkey":
             out.append(passkey(rng, corpus, n_tokens, count_tokens, i))
