@@ -29,6 +29,8 @@ def test_tasks_are_seeded_and_hold_their_needles() -> None:
         b = tasks.make_samples(task, 3, 600, corpus, _count, seed=7)
         c = tasks.make_samples(task, 3, 600, corpus, _count, seed=8)
         assert a == b and a != c
+        later = tasks.make_samples(task, 2, 600, corpus, _count, seed=7, start=1)  # added to a run of 1
+        assert later == a[1:] and [s.index for s in later] == [1, 2]
         for s in a:
             assert 300 < _count(s.context) <= 600
             assert all(ans in s.context for ans in s.answers), task
@@ -38,6 +40,8 @@ def test_tasks_are_seeded_and_hold_their_needles() -> None:
         tasks.make_samples("nope", 1, 600, corpus, _count)
     with pytest.raises(ValueError, match="n_tokens=10"):
         tasks.make_samples("passkey", 1, 10, corpus, _count)
+    with pytest.raises(ValueError, match="start=-1"):
+        tasks.make_samples("passkey", 1, 600, corpus, _count, start=-1)
 
 
 def test_corpus_and_sentences(tmp_path: Path) -> None:
