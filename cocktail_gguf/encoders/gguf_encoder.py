@@ -85,34 +85,79 @@ class GGUFEncoder:
     def name(self) -> str:
         return self._name
 
-    def _fit(self, text: str) -> tuple[str, int]:
-        """``text`` cut so that [CLS] text [SEP] holds at most max_tokens tokens (as sentence-transformers
-        truncates), and its token count."""
+    def _fit(self, text: str) -> list[int]:
+        """Token ids of [CLS] text [SEP], the text cut so that they are at most max_tokens (as
+        sentence-transformers truncates)."""
         ids = self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
         keep = self.max_tokens - 2
         while len(ids) > self.max_tokens and keep > 0:
             text = self.llm.detokenize(ids[1 : 1 + keep]).decode("utf-8", errors="replace")
             ids = self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
             keep -= max(1, len(ids) - self.max_tokens)
-        return text, len(ids)
+        return list(ids)
+
+    def _decode(self, seqs: list[list[int]]) -> None:
+        """One llama_decode of several texts (sequence i = seqs[i]), the batch filled from numpy arrays:
+        on a GPU the per-token Python work of llama-cpp-python's `embed` would cost more than the model."""
+        import ctypes
+
+        import llama_cpp
+
+        lens = [len(x) for x in seqs]
+        n = sum(lens)
+        tok = np.concatenate(seqs).astype(np.int32)
+        pos = np.concatenate([np.arange(k, dtype=np.int32) for k in lens])
+        seq = np.repeat(np.arange(len(seqs), dtype=np.int32), lens)
+        n_seq_id = np.ones(n, dtype=np.int32)
+        out = np.zeros(n, dtype=np.int8)
+        out[np.cumsum(lens) - 1] = 1  # one output per text (the pooled one), as llama-cpp-python asks
+        seq_ptrs = (seq.ctypes.data + 4 * np.arange(n, dtype=np.uint64)).astype(np.uint64)
+        batch = llama_cpp.llama_batch()
+        batch.n_tokens = n
+        batch.token = tok.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token))
+        batch.pos = pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos))
+        batch.n_seq_id = n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        batch.seq_id = seq_ptrs.ctypes.data_as(ctypes.POINTER(ctypes.POINTER(llama_cpp.llama_seq_id)))
+        batch.logits = out.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        ctx = self.llm._ctx.ctx
+        mem = llama_cpp.llama_get_memory(ctx)
+        if mem:  # embedding models with a KV cache (causal ones): every batch starts empty
+            llama_cpp.llama_memory_clear(mem, True)
+        rc = llama_cpp.llama_decode(ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"{self.path}: llama_decode returned {rc} for {len(seqs)} texts of {n} tokens")
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        import llama_cpp
+
+        n_embd = self.llm.n_embd()
         if not texts:
-            return np.zeros((0, self.llm.n_embd()), dtype=np.float32)
+            return np.zeros((0, n_embd), dtype=np.float32)
         fitted = [self._fit(t) for t in texts]
-        # One llama_decode per group of at most pack_tokens tokens: every token of a BERT batch
-        # attends over the whole batch (masked), so small batches waste less than llm.embed's n_batch.
-        groups: list[list[str]] = [[]]
+        # One llama_decode per group of at most pack_tokens tokens (and n_seq_max texts): every token of a
+        # BERT batch attends over the whole batch (masked), so small batches waste less on a CPU.
+        max_seqs = int(self.llm.context_params.n_seq_max)
+        groups: list[list[list[int]]] = [[]]
         used = 0
-        for text, n in fitted:
-            if groups[-1] and used + n > self.pack_tokens:
+        for ids in fitted:
+            if groups[-1] and (
+                used + len(ids) > min(self.pack_tokens, self.llm.n_batch) or len(groups[-1]) >= max_seqs
+            ):
                 groups.append([])
                 used = 0
-            groups[-1].append(text)
-            used += n
-        rows = np.asarray(
-            [row for group in groups for row in self.llm.embed(group, normalize=False)], dtype=np.float32
-        )
+            groups[-1].append(ids)
+            used += len(ids)
+        rows = np.empty((len(texts), n_embd), dtype=np.float32)
+        k = 0
+        ctx = self.llm._ctx.ctx
+        for group in groups:
+            self._decode(group)
+            for i in range(len(group)):
+                ptr = llama_cpp.llama_get_embeddings_seq(ctx, i)
+                if not ptr:
+                    raise RuntimeError(f"{self.path}: llama.cpp returned no pooled embedding for text {k}")
+                rows[k] = np.ctypeslib.as_array(ptr, shape=(n_embd,))
+                k += 1
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
         # A zero row stays zero (the planner names it) instead of becoming NaN here.
         normed: np.ndarray = rows / np.where(norms > 0, norms, 1.0)
