@@ -60,12 +60,41 @@ class LlamaTokenizer:
     special-token parsing, so the ids are the context's own."""
 
     llm: Any
+    _pieces: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
+    def _piece(self, token: int) -> bytes:
+        import ctypes
+
+        import llama_cpp
+
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_token_to_piece(self.llm._model.vocab, token, buf, size, 0, False)
+            if n >= 0:
+                return bytes(buf.raw[:n])
+            size = -n
+
     def detokenize_bytes(self, ids: Sequence[int]) -> bytes:
-        return bytes(self.llm.detokenize([int(i) for i in ids]))
+        """The bytes llama-cpp-python's `detokenize` gives (its pieces joined, a BOS's leading space dropped),
+        from a per-token cache: planning detokenizes every chunk of a long context."""
+        if getattr(getattr(self.llm, "_model", None), "vocab", None) is None:  # not a llama_cpp.Llama
+            return bytes(self.llm.detokenize([int(i) for i in ids]))
+        pieces = self._pieces
+        out = []
+        for i in ids:
+            t = int(i)
+            p = pieces.get(t)
+            if p is None:
+                p = pieces[t] = self._piece(t)
+            out.append(p)
+        text = b"".join(out)
+        if ids and int(ids[0]) == self.llm.token_bos() and text[:1] == b" ":
+            return text[1:]
+        return text
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.detokenize_bytes(ids).decode("utf-8", errors="replace")

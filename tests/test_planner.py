@@ -500,3 +500,23 @@ def test_gemma_tokenizer_plan(gemma_path: Path) -> None:
     assert plan.counts["f16"] >= 1
     for i in plan.chunk_indices("f16"):
         assert "vault" in (plan.chunk_texts or ())[i] or "code" in (plan.chunk_texts or ())[i]
+
+
+def test_llama_tokenizer_detokenizes_like_llama_cpp_python(tiny_models: dict[str, Path]) -> None:
+    """The planner's cached-piece detokenizer gives llama-cpp-python's bytes (incl. its BOS rule)."""
+    import random
+
+    from cocktail_gguf import Llama
+    from cocktail_gguf.planner import LlamaTokenizer
+
+    llm = Llama(str(tiny_models["tiny-gqa"]), vocab_only=True, verbose=False)
+    tok = LlamaTokenizer(llm)
+    rng = random.Random(4)
+    for k in range(300):
+        ids = [rng.randrange(llm.n_vocab()) for _ in range(rng.randint(0, 50))]
+        if k % 4 == 0 and ids:
+            ids[0] = llm.token_bos()
+        assert tok.detokenize_bytes(ids) == bytes(llm.detokenize(ids)), ids
+    text = " the quick brown fox"
+    assert tok.detokenize(tok.tokenize(text)) == llm.detokenize(tok.tokenize(text)).decode()
+    llm.close()

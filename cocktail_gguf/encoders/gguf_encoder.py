@@ -109,8 +109,7 @@ class GGUFEncoder:
         pos = np.concatenate([np.arange(k, dtype=np.int32) for k in lens])
         seq = np.repeat(np.arange(len(seqs), dtype=np.int32), lens)
         n_seq_id = np.ones(n, dtype=np.int32)
-        out = np.zeros(n, dtype=np.int8)
-        out[np.cumsum(lens) - 1] = 1  # one output per text (the pooled one), as llama-cpp-python asks
+        out = np.ones(n, dtype=np.int8)  # pooling reads every token (llama.cpp would override and warn)
         seq_ptrs = (seq.ctypes.data + 4 * np.arange(n, dtype=np.uint64)).astype(np.uint64)
         batch = llama_cpp.llama_batch()
         batch.n_tokens = n
