@@ -63,7 +63,8 @@ mkdir -p "$logs"
 # test_bad_inputs: llama.cpp's GGUF reader on broken files (in child processes, which inherit the sanitizers);
 # test_memory_growth is left out: ASan's quarantine of freed memory grows RSS by design
 tests=(tests/test_kv_formats.py tests/test_attn_mixed_regions.py tests/test_fuzz_attention.py
-       tests/test_cocktail_e2e.py tests/test_capi_sequences.py tests/test_bad_inputs.py)
+       tests/test_cocktail_e2e.py tests/test_capi_sequences.py tests/test_bad_inputs.py
+       tests/test_kv_release.py tests/test_multi_sequence.py tests/test_state_segmented.py)
 echo "== pytest under ASan/UBSan (log: $log)"
 set +e
 env COCKTAIL_GGUF_LIB_DIR="$build/bin" \
