@@ -50,16 +50,17 @@ def ask_batch_tokens(
     plans: Sequence[Plan | None] | None,
     query_texts: Sequence[str] | None,
     *,
-    mode: str | None,
-    max_tokens: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    min_p: float,
-    repeat_penalty: float,
-    stop: str | Sequence[str] | None,
-    ignore_eos: bool,
+    mode: str | None = None,
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int = 40,
+    top_p: float = 0.95,
+    min_p: float = 0.05,
+    repeat_penalty: float = 1.0,
+    stop: str | Sequence[str] | None = None,
+    ignore_eos: bool = False,
 ) -> list[Answer]:
+    """`Llama.ask_batch_tokens` (the defaults are `Llama.ask_stream`'s)."""
     from .llama import KV_MODES, Answer, _first_stop
 
     llm._check_open()

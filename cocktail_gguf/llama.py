@@ -87,19 +87,10 @@ class BatchOptions(TypedDict, total=False):
     ignore_eos: bool
 
 
-class AskOptions(TypedDict, total=False):
+class AskOptions(BatchOptions, total=False):
     """Keyword options of `Llama.ask` / `ask_tokens` (defaults: those of `Llama.ask_stream`)."""
 
-    mode: str | None
-    max_tokens: int
-    temperature: float
-    top_k: int
-    top_p: float
-    min_p: float
-    repeat_penalty: float
-    stop: str | Sequence[str] | None
     return_logits: bool
-    ignore_eos: bool
 
 
 def _gguf_problem(path: str) -> str:
@@ -386,35 +377,12 @@ class Llama(llama_cpp.Llama):
         plans: Sequence[Plan | None] | None = None,
         *,
         query_texts: Sequence[str] | None = None,
-        mode: str | None = None,
-        max_tokens: int = 64,
-        temperature: float = 0.0,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        stop: str | Sequence[str] | None = None,
-        ignore_eos: bool = False,
+        **options: Unpack[BatchOptions],
     ) -> list[Answer]:
         """`ask_batch` on token ids (see `ask_tokens`)."""
         from .batch import ask_batch_tokens
 
-        return ask_batch_tokens(
-            self,
-            context_ids,
-            query_ids,
-            plans,
-            query_texts,
-            mode=mode,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            stop=stop,
-            ignore_eos=ignore_eos,
-        )
+        return ask_batch_tokens(self, context_ids, query_ids, plans, query_texts, **options)
 
     def load_context(
         self,
