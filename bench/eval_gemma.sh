@@ -32,6 +32,10 @@ PY
     # alpha / beta / chunk-size sweep at ~2K tokens
     run --lengths 2048 -n 3 --methods f16,cocktail,cocktail-a0.5,cocktail-a0.7,cocktail-b0.05,cocktail-b0.2,cocktail-cs8,cocktail-cs16,cocktail-cs64,cocktail-cs128,random \
         --out $out/eval_gemma_sweep_2k ;;&
+  long16)
+    # 16K tokens: one sample per task, the key methods (a smoke run of the longest length the issue asks for)
+    run --tasks passkey,niah_single,qa --lengths 16384 -n 1 --methods f16,q2,cocktail,random \
+        --out $out/eval_gemma_16k ;;
   long|all)
     # longer contexts, fewer samples and methods (~2.5 min per sample on 2 cores)
     run --tasks passkey,niah_single,qa --lengths 8192 -n 1 --methods f16,q2,kivi2,llama-q4_0,cocktail,random \
