@@ -667,6 +667,13 @@ class Llama(llama_cpp.Llama):
     def save_state(self) -> llama_cpp.LlamaState:
         """llama-cpp-python's state; with a segmented cache in use also its plan and Q2/Q4/F16 regions
         (a `CocktailState`), so `load_state` continues exactly where this left off."""
+        if self._segmented_checked:
+            planned = [s for s in range(1, self.n_seq_max) if self.kv_regions(s)]
+            if planned:
+                raise ValueError(
+                    f"save_state keeps sequence 0 only, but sequences {planned} hold plans (an ask_batch): "
+                    "ask again for the pair to save"
+                )
         base = super().save_state()
         if not self._segmented_active:
             return base

@@ -120,6 +120,11 @@ def test_batch_bad_inputs(tiny_models: dict[str, Path]) -> None:
         llm.ask_batch([CONTEXTS[0] * 4] * 2, QUERIES[:2], max_tokens=2, mode="f16")
     with pytest.raises(ValueError, match="n_seq_max=0 must be an integer in 1..256"):
         _llm(tiny_models["tiny-gqa"], n_seq_max=0)
+    llm.ask_batch(CONTEXTS[:2], QUERIES[:2], max_tokens=1, mode="q4")
+    with pytest.raises(ValueError, match=r"sequences \[1\] hold plans"):
+        llm.save_state()
+    llm.ask(CONTEXTS[0], QUERIES[0], max_tokens=1)
+    assert llm.save_state().segmented  # one pair again: saved with its regions
     ctx = segmented_cache._ctx_ptr(llm._ctx.ctx)
     with pytest.raises(ValueError, match=r"seq_id 2 is not in \[0, 2\)"):
         _native.check(_native.lib().cocktail_compact(ctx, 2), "compact")
