@@ -71,6 +71,8 @@ def ask_batch_tokens(
         )
     if n > llm.n_seq_max:
         raise ValueError(f"{n} (context, query) pairs but this Llama has n_seq_max={llm.n_seq_max}")
+    if n > llm.n_batch:  # a decode step holds one token per pair
+        raise ValueError(f"{n} (context, query) pairs but this Llama has n_batch={llm.n_batch}")
     plans = [None] * n if plans is None else list(plans)
     if len(plans) != n:
         raise ValueError(f"{len(plans)} plans for {n} contexts")
