@@ -16,7 +16,10 @@ case "${1:-all}" in
         --perplexity-windows 6 --perplexity-window 4096 --out $out/eval_gemma_ppl ;;&
   more)
     # 5 more samples per task (indexes 5-9) for the key methods of the 4K table, merged into its raw records
-    # (vartrack is left out: every method scores 0 on it with this model)
+    # (vartrack is left out: every method scores 0 on it with this model); once, after `main`
+    if grep -q '"index": 5,' $out/eval_gemma_4k.samples.jsonl; then
+      echo "samples 5-9 are already in $out/eval_gemma_4k.samples.jsonl (run main first to start over)" >&2; exit 1
+    fi
     run --tasks passkey,niah_single,niah_multikey,niah_multivalue,qa --lengths 4096 -n 5 --first-sample 5 \
         --methods f16,q2,cocktail,random --out /tmp/eval_gemma_4k_more
     cat /tmp/eval_gemma_4k_more.samples.jsonl >> $out/eval_gemma_4k.samples.jsonl
