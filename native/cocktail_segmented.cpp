@@ -545,6 +545,9 @@ struct StateWriter {
     size_t    n = 0;
 
     void bytes(const void * p, size_t len) {
+        if (len == 0) {  // an empty region's data() may be NULL: memcpy must not see it
+            return;
+        }
         if (dst != nullptr && n + len <= cap) {
             std::memcpy(dst + n, p, len);
         }
