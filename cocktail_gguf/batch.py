@@ -165,9 +165,11 @@ def ask_batch_tokens(
                 done[s] = True
                 continue
             outs[s].append(tok)
-            text = llm.detokenize(outs[s]).decode("utf-8", errors="replace")
-            if len(outs[s]) >= max_tokens or (stops and _first_stop(text, stops) >= 0):
+            if len(outs[s]) >= max_tokens:
                 done[s] = True
+            elif stops:
+                text = llm.detokenize(outs[s]).decode("utf-8", errors="replace")
+                done[s] = _first_stop(text, stops) >= 0
         active = [s for s in range(n) if not done[s]]
         if not active:
             break
