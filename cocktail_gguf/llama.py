@@ -247,13 +247,21 @@ class Llama(llama_cpp.Llama):
         planning, prefilling, compacting and decoding.
         """
         self._check_open()
+        context_ids, query_ids = self._pair_ids(context, query, "context", "query")
+        return self.ask_tokens(context_ids, query_ids, plan, query_text=query, **options)
+
+    def _pair_ids(
+        self, context: Any, query: Any, context_name: str, query_name: str
+    ) -> tuple[list[int], list[int]]:
+        """Token ids of a context (no BOS, no special tokens) and its query (special tokens parsed), as `ask`
+        and `ask_batch` tokenize them; the names are those the errors give the bad value."""
         if not isinstance(context, str):
-            raise ValueError(f"context={context!r} must be a string")
+            raise ValueError(f"{context_name}={context!r} must be a string")
         if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"query={query!r} must be a non-empty string")
+            raise ValueError(f"{query_name}={query!r} must be a non-empty string")
         context_ids = list(self.tokenize(context.encode("utf-8"), add_bos=False, special=False))
         query_ids = list(self.tokenize(query.encode("utf-8"), add_bos=False, special=True))
-        return self.ask_tokens(context_ids, query_ids, plan, query_text=query, **options)
+        return context_ids, query_ids
 
     def ask_tokens(
         self,
@@ -361,13 +369,11 @@ class Llama(llama_cpp.Llama):
             raise ValueError("contexts and queries must be sequences of strings (one per pair), not a string")
         if len(contexts) != len(queries):
             raise ValueError(f"{len(contexts)} contexts and {len(queries)} queries: one query per context")
-        for i, (c, q) in enumerate(zip(contexts, queries, strict=True)):
-            if not isinstance(c, str):
-                raise ValueError(f"contexts[{i}]={c!r} must be a string")
-            if not isinstance(q, str) or not q.strip():
-                raise ValueError(f"queries[{i}]={q!r} must be a non-empty string")
-        context_ids = [list(self.tokenize(c.encode("utf-8"), add_bos=False, special=False)) for c in contexts]
-        query_ids = [list(self.tokenize(q.encode("utf-8"), add_bos=False, special=True)) for q in queries]
+        pairs = [
+            self._pair_ids(c, q, f"contexts[{i}]", f"queries[{i}]")
+            for i, (c, q) in enumerate(zip(contexts, queries, strict=True))
+        ]
+        context_ids, query_ids = [c for c, _ in pairs], [q for _, q in pairs]
         return self.ask_batch_tokens(context_ids, query_ids, plans, query_texts=list(queries), **options)
 
     def ask_batch_tokens(
