@@ -2,9 +2,11 @@
 
 For each context length and mode: a synthetic context of exactly that many tokens, then
 `Llama.ask` (prefill → compaction → decode, end-of-generation ignored) ``runs`` times. Records are
-in the format of shared/BENCH.md. Modes: llama.cpp's f16 cache, our uniform q4 / q2, and cocktail
+in the format of shared/BENCH.md. Modes: llama.cpp's f16 cache, llama.cpp's own quantized caches
+("llama-q8_0", "llama-q4_0": type_k = type_v, flash attention), our uniform q4 / q2, and cocktail
 with a fixed plan (``mix`` = F16 / Q4 / Q2 fractions of the context chunks at seeded random
-chunks): this measures speed, not the planner's search.
+chunks): this measures speed, not the planner's search. ``n_gpu_layers`` puts the model and its
+cache on the GPU (CUDA builds).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from .llama import KV_MODES
 from .plan import Plan
 
 DEFAULT_MODES: tuple[str, ...] = ("f16", "q4", "q2", "cocktail")
+LLAMA_KV_TYPES = {"llama-q8_0": 8, "llama-q4_0": 2}  # bench modes: llama.cpp's cache of that ggml type
+BENCH_MODES: tuple[str, ...] = (*KV_MODES, *LLAMA_KV_TYPES)
 DEFAULT_MIX: tuple[float, float, float] = (0.1, 0.3, 0.6)
 WORDS = (
     "river stone light garden winter market letter window harbor forest morning bridge lantern valley "
@@ -53,6 +57,10 @@ class BenchConfig:
     """F16 / Q4 / Q2 fractions of the context chunks of the "cocktail" mode's fixed plan."""
     threads: int | None = None
     seed: int = 0
+    n_gpu_layers: int = 0
+    """Layers on the GPU (-1: all); the KV cache goes with them."""
+    flash_attn: bool | None = None
+    """None: llama.cpp's default (on where supported); the llama-* modes always use it."""
 
     @classmethod
     def from_args(cls, args: Any, contexts: tuple[int, ...]) -> BenchConfig:
@@ -69,6 +77,8 @@ class BenchConfig:
             mix=args.mix,
             threads=args.threads,
             seed=args.seed,
+            n_gpu_layers=getattr(args, "n_gpu_layers", 0),
+            flash_attn=getattr(args, "flash_attn", None),
         )
 
     def validate(self) -> None:
@@ -78,9 +88,15 @@ class BenchConfig:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if not self.contexts or any(not isinstance(n, int) or n < 1 for n in self.contexts):
             raise ValueError(f"contexts={self.contexts!r} must be positive token counts")
-        bad = [m for m in self.modes if m not in KV_MODES]
+        bad = [m for m in self.modes if m not in BENCH_MODES]
         if not self.modes or bad:
-            raise ValueError(f"modes={self.modes!r}: each must be one of {', '.join(KV_MODES)}")
+            raise ValueError(f"modes={self.modes!r}: each must be one of {', '.join(BENCH_MODES)}")
+        if (
+            isinstance(self.n_gpu_layers, bool)
+            or not isinstance(self.n_gpu_layers, int)
+            or self.n_gpu_layers < -1
+        ):
+            raise ValueError(f"n_gpu_layers={self.n_gpu_layers!r} must be -1 (all) or a layer count")
         if len(self.mix) != 3 or any(not 0.0 <= f <= 1.0 for f in self.mix) or abs(sum(self.mix) - 1) > 1e-6:
             raise ValueError(f"mix={self.mix!r} must be 3 fractions (f16, q4, q2) in [0, 1] summing to 1")
         if self.threads is not None and self.threads < 1:
@@ -126,14 +142,21 @@ def run_mode(config: BenchConfig, mode: str, depth: int) -> list[dict[str, Any]]
     from .llama import Llama
 
     query_margin = 256  # BOS + the query's tokens, with room to spare
+    extra: dict[str, Any] = {}
+    if mode in LLAMA_KV_TYPES:
+        extra = dict(type_k=LLAMA_KV_TYPES[mode], type_v=LLAMA_KV_TYPES[mode], flash_attn=True)
+    elif config.flash_attn is not None:
+        extra = dict(flash_attn=config.flash_attn)
     llm = Llama(
         config.model,
         n_ctx=depth + query_margin + config.decode,
         n_batch=512,
         n_threads=config.threads,
-        kv_mode=mode,
+        kv_mode="f16" if mode in LLAMA_KV_TYPES else mode,
         swa_full=False,  # every mode: sliding-window layers hold only their window (llama.cpp's smallest)
+        n_gpu_layers=config.n_gpu_layers,
         verbose=False,
+        **extra,
     )
     try:
         context = context_of(llm, depth, config.seed)
@@ -153,9 +176,9 @@ def run_mode(config: BenchConfig, mode: str, depth: int) -> list[dict[str, Any]]
         llm.close()
     base = {
         "model": Path(config.model).stem,
-        "backend": "cpu",
-        "kv_mode": mode,
-        "impl": "llama.cpp" if mode == "f16" else "ours",
+        "backend": "cpu" if config.n_gpu_layers == 0 else "cuda",
+        "kv_mode": mode.removeprefix("llama-"),
+        "impl": "llama.cpp" if mode == "f16" or mode in LLAMA_KV_TYPES else "ours",
         "mix": None if plan is None else plan.fractions,
         "depth": n_ctx_tokens,
         "kv_bytes": kv["llama_cache"] + kv["regions"],
@@ -178,6 +201,7 @@ def run_mode(config: BenchConfig, mode: str, depth: int) -> list[dict[str, Any]]
     out = [
         record("prefill_tokens_per_s", [n_prompt / a.timings["prefill_s"] for a in runs]),
         record("decode_tokens_per_s", [a.timings["n_decoded"] / a.timings["decode_s"] for a in runs]),
+        record("ms_per_token", [1000 * a.timings["decode_s"] / a.timings["n_decoded"] for a in runs]),
     ]
     if plan is not None:
         out.append(record("compaction_ms", [1000 * a.timings["compaction_s"] for a in runs]))
@@ -210,13 +234,14 @@ def markdown(records: list[dict[str, Any]]) -> str:
         rows[key][r["metric"]] = r["value"]
     lines = [
         "| depth | kv_mode | KV MiB = llama.cpp cache + regions | prefill t/s | compaction + release ms "
-        "| decode t/s |",
-        "|---|---|---|---|---|---|",
+        "| decode t/s | ms/token |",
+        "|---|---|---|---|---|---|---|",
     ]
     for (depth, mode), v in rows.items():  # in the order measured
         comp = f"{v['compaction_ms']:.1f} + {v.get('release_ms', 0.0):.1f}" if "compaction_ms" in v else "—"
         mib = f"{v['kv'] / 2**20:.1f} = {v['cache'] / 2**20:.1f} + {v['regions'] / 2**20:.2f}"
-        speeds = f"{v['prefill_tokens_per_s']:.0f} | {comp} | {v['decode_tokens_per_s']:.1f}"
+        decode = f"{v['decode_tokens_per_s']:.1f} | {v['ms_per_token']:.2f}"
+        speeds = f"{v['prefill_tokens_per_s']:.0f} | {comp} | {decode}"
         lines.append(f"| {depth} | {mode} | {mib} | {speeds} |")
     return "\n".join(lines) + "\n"
 
@@ -240,12 +265,22 @@ def _commit() -> str:
     return f"cocktail-gguf {_native.version()}"
 
 
+def _machine() -> str:
+    """ "<GPU description>, N cores" when a GPU is visible to the library, else "<cpu>, N cores | CPU"."""
+    from . import _native
+
+    gpus = [str(d.get("description")) for d in _native.devices() if d.get("type") == "gpu"]
+    if gpus:
+        return f"{', '.join(gpus)}, {os.cpu_count()} cores"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores | CPU"
+
+
 def result_document(bench: str, records: list[dict[str, Any]], command: str) -> dict[str, Any]:
     """The BENCH.md envelope: bench, commit, machine, command, date, records."""
     return {
         "bench": bench,
-        "commit": _commit(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores | CPU",
+        "commit": os.environ.get("COCKTAIL_COMMIT") or _commit(),
+        "machine": _machine(),
         "command": command,
         "date": datetime.date.today().isoformat(),
         "records": records,
@@ -256,9 +291,9 @@ def result_document(bench: str, records: list[dict[str, Any]], command: str) -> 
 def parse_modes(text: str) -> tuple[str, ...]:
     """argparse type: comma-separated kv modes (each once, in the given order)."""
     modes = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    bad = [m for m in modes if m not in KV_MODES]
+    bad = [m for m in modes if m not in BENCH_MODES]
     if bad or not modes:
-        raise argparse.ArgumentTypeError(f"{text!r}: modes are a comma list of {', '.join(KV_MODES)}")
+        raise argparse.ArgumentTypeError(f"{text!r}: modes are a comma list of {', '.join(BENCH_MODES)}")
     return modes
 
 

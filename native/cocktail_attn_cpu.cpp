@@ -1027,20 +1027,6 @@ int cocktail_attn_mixed_regions(const struct cocktail_attn_args * args, int n_th
     return cocktail::attn_mixed_regions(*args, n_threads);
 }
 
-#if !COCKTAIL_CUDA
-int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args * args) {
-    (void) args;
-    return cocktail::fail(COCKTAIL_EUNSUPPORTED,
-                          "cocktail_attn_mixed_regions_cuda: this library was built without CUDA (GGML_CUDA=off)");
-}
-
-int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn_args * args, int n_iters, double * ms,
-                                           double * bytes_read, double * copy_gbps) {
-    (void) n_iters, (void) ms, (void) bytes_read, (void) copy_gbps;
-    return cocktail_attn_mixed_regions_cuda(args);
-}
-#endif
-
 int cocktail_cpu_simd(int mode) {
     using cocktail::attn_cpu_impl::g_simd;
     if (mode == 0) {

@@ -4,6 +4,7 @@
 // softmax per query head and merge in shared memory; a second kernel merges the splits (log-sum-exp).
 #include "cocktail_api.h"
 #include "cocktail_attn_cpu.h"
+#include "cocktail_cuda.h"
 #include "cocktail_errors.h"
 #include "cocktail_kv_format.h"
 
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -28,20 +30,22 @@ struct Segment {
     int             kind;
     int             n_tokens;
     int             unit0;  // first unit of this segment in the launch's unit list
+    int             seq;    // only query tokens of this sequence attend to it; -1: every query token
     const uint8_t * k;
     const uint8_t * v;
 };
 
 struct Params {
-    int           n_q, n_head, n_head_kv, group, n_gblocks, n_splits, units_per_split, n_units, n_segments;
-    float         scale;
-    const float * q;
-    size_t        q_nb_token, q_nb_head;
-    Segment       seg[kMaxSegments];
-    size_t        tk_nb_token, tk_nb_head, tv_nb_token, tv_nb_channel, tv_nb_head;
+    int             n_q, n_head, n_head_kv, group, n_gblocks, n_splits, units_per_split, n_units, n_segments;
+    float           scale;
+    const float *   q;
+    size_t          q_nb_token, q_nb_head;
+    Segment         seg[kMaxSegments];
+    size_t          tk_nb_token, tk_nb_head, tv_nb_token, tv_nb_channel, tv_nb_head;
     const uint8_t * mask;
     size_t          mask_nb_row;
     int             mask_f16;
+    const int32_t * q_seq;     // sequence of each query token (device), or nullptr: every segment is for every token
     float *         part_acc;  // [n_q][n_head][n_splits][D]
     float2 *        part_ml;   // [n_q][n_head][n_splits]: running max, sum of exp
 };
@@ -80,8 +84,8 @@ template <int D, int kind> __device__ constexpr size_t block_bytes() {
 
 // Score of this lane's token (t = unit token `lane`) against the GS query rows in sq, for a segment kind.
 template <int D, int GS, int kind>
-__device__ __forceinline__ void unit_scores(const Params & p, const Segment & s, int h_kv, int unit, int lane,
-                                            const float * sq, float (&score)[GS]) {
+__device__ __forceinline__ void
+unit_scores(const Params & p, const Segment & s, int h_kv, int unit, int lane, const float * sq, float (&score)[GS]) {
     const int t = unit * kUnit + lane;
 #pragma unroll
     for (int g = 0; g < GS; ++g) {
@@ -141,9 +145,9 @@ __device__ __forceinline__ float v_at(const Params & p, const Segment & s, int h
         constexpr int   kBytes   = kind == kQ4 ? 16 : 8;
         const int       n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
         const uint8_t * base     = s.v + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>();
-        const int       gi   = d / 32;
-        const float     sc   = h2f(base + 2 * (tt * kGroups + gi));
-        const float     mn   = h2f(base + 2 * D + 2 * (tt * kGroups + gi));
+        const int       gi       = d / 32;
+        const float     sc       = h2f(base + 2 * (tt * kGroups + gi));
+        const float     mn       = h2f(base + 2 * D + 2 * (tt * kGroups + gi));
         return mn + sc * code_of<kind>(base + 4 * D + (tt * kGroups + gi) * kBytes, d % 32);
     }
 }
@@ -155,17 +159,24 @@ template <int D, int GS> struct WarpState {
 };
 
 template <int D, int GS, int kind>
-__device__ void unit_update(const Params & p, const Segment & s, int qi, int h_kv, int unit, int lane, int n_g,
-                            const float * sq, WarpState<D, GS> & w) {
+__device__ void unit_update(const Params &     p,
+                            const Segment &    s,
+                            int                qi,
+                            int                h_kv,
+                            int                unit,
+                            int                lane,
+                            int                n_g,
+                            const float *      sq,
+                            WarpState<D, GS> & w) {
     float score[GS];
     unit_scores<D, GS, kind>(p, s, h_kv, unit, lane, sq, score);
-    const int  t       = unit * kUnit + lane;
-    bool       visible = t < s.n_tokens;
-    float      bias    = 0.0f;
+    const int t       = unit * kUnit + lane;
+    bool      visible = t < s.n_tokens;
+    float     bias    = 0.0f;
     if (kind == kTail && visible && p.mask != nullptr) {
         const uint8_t * row = p.mask + qi * p.mask_nb_row;
-        bias = p.mask_f16 ? h2f(row + 2 * t) : reinterpret_cast<const float *>(row)[t];
-        visible = bias != -INFINITY;
+        bias                = p.mask_f16 ? h2f(row + 2 * t) : reinterpret_cast<const float *>(row)[t];
+        visible             = bias != -INFINITY;
     }
     const int n_valid = min(kUnit, s.n_tokens - unit * kUnit);
     float     prob[GS];
@@ -187,9 +198,9 @@ __device__ void unit_update(const Params & p, const Segment & s, int qi, int h_k
         }
     }
     // V: scales and mins of the unit's 32 tokens are loaded once (lane t holds token t's), then shuffled
-    constexpr bool kQuant  = kind == kQ4 || kind == kQ2;
-    constexpr int  kGroups = D / 32;
-    float          vs[kGroups], vm[kGroups];
+    constexpr bool  kQuant  = kind == kQ4 || kind == kQ2;
+    constexpr int   kGroups = D / 32;
+    float           vs[kGroups], vm[kGroups];
     const uint8_t * vbase = nullptr;
     if constexpr (kQuant) {
         const int n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
@@ -218,7 +229,7 @@ __device__ void unit_update(const Params & p, const Segment & s, int qi, int h_k
                 constexpr int kBytes = kind == kQ4 ? 16 : 8;
                 const float   sc     = __shfl_sync(0xffffffffu, vs[i], tt);
                 const float   mn     = __shfl_sync(0xffffffffu, vm[i], tt);
-                v = mn + sc * code_of<kind>(vbase + 4 * D + (tt * kGroups + i) * kBytes, lane);
+                v                    = mn + sc * code_of<kind>(vbase + 4 * D + (tt * kGroups + i) * kBytes, lane);
             } else {
                 v = v_at<D, kind>(p, s, h_kv, unit, tt, lane + 32 * i);
             }
@@ -242,10 +253,10 @@ template <int D, int GS> __global__ void __launch_bounds__(kWarps * 32) attn_par
 
     for (int i = threadIdx.x; i < GS * D; i += blockDim.x) {
         const int g = i / D, d = i % D;
-        sq[i]       = g < n_g ? p.scale * *reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(p.q) +
-                                                                         qi * p.q_nb_token + (h0 + g) * p.q_nb_head +
-                                                                         4 * d) :
-                                0.0f;
+        sq[i] = g < n_g ?
+                    p.scale * *reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(p.q) +
+                                                               qi * p.q_nb_token + (h0 + g) * p.q_nb_head + 4 * d) :
+                    0.0f;
     }
     __syncthreads();
 
@@ -260,6 +271,7 @@ template <int D, int GS> __global__ void __launch_bounds__(kWarps * 32) attn_par
         }
     }
     const int u_end = min(p.n_units, (split + 1) * p.units_per_split);
+    const int q_seq = p.q_seq != nullptr ? p.q_seq[qi] : -1;
     for (int u = split * p.units_per_split + warp; u < u_end; u += kWarps) {
         int si = 0;
         while (si + 1 < p.n_segments && p.seg[si + 1].unit0 <= u) {
@@ -267,6 +279,9 @@ template <int D, int GS> __global__ void __launch_bounds__(kWarps * 32) attn_par
         }
         const Segment & s    = p.seg[si];
         const int       unit = u - s.unit0;
+        if (s.seq >= 0 && s.seq != q_seq) {  // another sequence's regions (uniform across the block)
+            continue;
+        }
         switch (s.kind) {
             case kF16:
                 unit_update<D, GS, kF16>(p, s, qi, h_kv, unit, lane, n_g, sq, w);
@@ -311,7 +326,7 @@ template <int D, int GS> __global__ void __launch_bounds__(kWarps * 32) attn_par
                 acc += s_acc[k][g][d] * f;
             }
         }
-        const size_t row = (static_cast<size_t>(qi) * p.n_head + h0 + g) * p.n_splits + split;
+        const size_t row        = (static_cast<size_t>(qi) * p.n_head + h0 + g) * p.n_splits + split;
         p.part_acc[row * D + d] = acc;
         if (d == 0) {
             p.part_ml[row] = make_float2(mmax, l);
@@ -320,8 +335,14 @@ template <int D, int GS> __global__ void __launch_bounds__(kWarps * 32) attn_par
 }
 
 // One block per (query token, head), D threads: merges the splits' partial softmaxes into the output row.
-__global__ void attn_merge(const float * part_acc, const float2 * part_ml, int n_splits, int n_head, int D,
-                           uint8_t * out, size_t out_nb_token, size_t out_nb_head) {
+__global__ void attn_merge(const float *  part_acc,
+                           const float2 * part_ml,
+                           int            n_splits,
+                           int            n_head,
+                           int            D,
+                           uint8_t *      out,
+                           size_t         out_nb_token,
+                           size_t         out_nb_head) {
     const int    qi = blockIdx.y, h = blockIdx.x, d = threadIdx.x;
     const size_t row0 = (static_cast<size_t>(qi) * n_head + h) * n_splits;
     float        mmax = -INFINITY;
@@ -341,8 +362,8 @@ __global__ void attn_merge(const float * part_acc, const float2 * part_ml, int n
 }
 
 int cuda_fail(cudaError_t err, const char * what) {
-    return fail(COCKTAIL_EINTERNAL, std::string("cocktail_attn_mixed_regions_cuda: ") + what + ": " +
-                                        cudaGetErrorString(err));
+    return fail(COCKTAIL_EINTERNAL,
+                std::string("cocktail_attn_mixed_regions_cuda: ") + what + ": " + cudaGetErrorString(err));
 }
 
 template <int D, int GS> void launch(const Params & p, dim3 grid, cudaStream_t stream) {
@@ -379,12 +400,12 @@ template <int D> void launch_d(const Params & p, int gs, dim3 grid, cudaStream_t
     }
 }
 
-int run(const cocktail_attn_args & a, Params & p, cudaStream_t stream) {
-    const int D = a.head_dim;
-    if (D != 32 && D != 64 && D != 128 && D != 256) {
-        return fail(COCKTAIL_EUNSUPPORTED,
-                    "cocktail_attn_mixed_regions_cuda: head_dim " + std::to_string(D) + " (CUDA kernels: 32, 64, 128, 256)");
-    }
+bool head_dim_supported(int D) {
+    return D == 32 || D == 64 || D == 128 || D == 256;
+}
+
+// Fills p.n_gblocks, p.n_splits (at most max_splits) and p.units_per_split; returns the query heads per block.
+int plan_launch(Params & p, int D, int max_splits) {
     const int gs = group_size(p.group, D);
     p.n_gblocks  = (p.group + gs - 1) / gs;
     int dev = 0, n_sm = 0;
@@ -392,9 +413,20 @@ int run(const cocktail_attn_args & a, Params & p, cudaStream_t stream) {
     cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev);
     const int base_blocks = p.n_head_kv * p.n_gblocks * p.n_q;
     // enough blocks to keep every SM busy with loads in flight (the kernel is latency-bound at low occupancy)
-    p.n_splits = std::max(1, std::min((16 * n_sm + base_blocks - 1) / base_blocks, (p.n_units + 3) / 4));
-    p.units_per_split     = std::max(1, (p.n_units + p.n_splits - 1) / p.n_splits);
-    p.n_splits            = std::max(1, (p.n_units + p.units_per_split - 1) / p.units_per_split);
+    p.n_splits            = std::max(
+        1, std::min({ (16 * n_sm + base_blocks - 1) / base_blocks, (p.n_units + 3) / 4, std::max(1, max_splits) }));
+    p.units_per_split = std::max(1, (p.n_units + p.n_splits - 1) / p.n_splits);
+    p.n_splits        = std::max(1, (p.n_units + p.units_per_split - 1) / p.units_per_split);
+    return gs;
+}
+
+int run(const cocktail_attn_args & a, Params & p, cudaStream_t stream, int max_splits = 1 << 30) {
+    const int D = a.head_dim;
+    if (!head_dim_supported(D)) {
+        return fail(COCKTAIL_EUNSUPPORTED, "cocktail_attn_mixed_regions_cuda: head_dim " + std::to_string(D) +
+                                               " (CUDA kernels: 32, 64, 128, 256)");
+    }
+    const int  gs = plan_launch(p, D, max_splits);
     const dim3 grid(p.n_head_kv * p.n_gblocks, p.n_splits, p.n_q);
     switch (D) {
         case 32:
@@ -452,8 +484,8 @@ int upload_call(const cocktail_attn_args & a, DeviceCall & c) {
     }
     if (a.n_regions + 1 > kMaxSegments) {
         return fail(COCKTAIL_EUNSUPPORTED, "cocktail_attn_mixed_regions_cuda: " + std::to_string(a.n_regions) +
-                                               " regions (the kernel takes up to " +
-                                               std::to_string(kMaxSegments - 1) + ")");
+                                               " regions (the kernel takes up to " + std::to_string(kMaxSegments - 1) +
+                                               ")");
     }
     const int D = a.head_dim, n_q = a.n_q_tokens;
     Params &  p = c.p;
@@ -471,7 +503,7 @@ int upload_call(const cocktail_attn_args & a, DeviceCall & c) {
         }
     }
     cudaError_t err = c.bufs[nb].upload(q_host.data(), q_host.size() * sizeof(float));
-    p.q = static_cast<const float *>(c.bufs[nb++].ptr);
+    p.q             = static_cast<const float *>(c.bufs[nb++].ptr);
     p.q_nb_token = static_cast<size_t>(a.n_head) * D * sizeof(float), p.q_nb_head = D * sizeof(float);
     c.bytes_read = q_host.size() * sizeof(float);
     int units    = 0;
@@ -482,7 +514,7 @@ int upload_call(const cocktail_attn_args & a, DeviceCall & c) {
         }
         const size_t bytes = region_bytes(reg.precision, reg.n_tokens, a.n_head_kv, D);
         Segment &    s     = p.seg[p.n_segments++];
-        s.kind = reg.precision, s.n_tokens = reg.n_tokens, s.unit0 = units;
+        s.kind = reg.precision, s.n_tokens = reg.n_tokens, s.unit0 = units, s.seq = -1;
         err = c.bufs[nb].upload(reg.k, bytes);
         s.k = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
         if (err == cudaSuccess) {
@@ -498,19 +530,19 @@ int upload_call(const cocktail_attn_args & a, DeviceCall & c) {
             return (a.n_tail - 1) * nb_token + (n_a - 1) * nb_a + (n_b - 1) * nb_b + 2;
         };
         Segment & s = p.seg[p.n_segments++];
-        s.kind = kTail, s.n_tokens = a.n_tail, s.unit0 = units;
+        s.kind = kTail, s.n_tokens = a.n_tail, s.unit0 = units, s.seq = -1;
         err = c.bufs[nb].upload(a.tail_k, span(a.tail_k_nb_token, a.tail_k_nb_head, 2, a.n_head_kv, D));
         s.k = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
         if (err == cudaSuccess) {
-            err = c.bufs[nb].upload(a.tail_v, span(a.tail_v_nb_token, a.tail_v_nb_head, a.tail_v_nb_channel,
-                                                   a.n_head_kv, D));
+            err = c.bufs[nb].upload(a.tail_v,
+                                    span(a.tail_v_nb_token, a.tail_v_nb_head, a.tail_v_nb_channel, a.n_head_kv, D));
         }
-        s.v = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
+        s.v           = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
         p.tk_nb_token = a.tail_k_nb_token, p.tk_nb_head = a.tail_k_nb_head;
         p.tv_nb_token = a.tail_v_nb_token, p.tv_nb_channel = a.tail_v_nb_channel, p.tv_nb_head = a.tail_v_nb_head;
         if (a.mask != nullptr && err == cudaSuccess) {
-            err = c.bufs[nb].upload(a.mask, (n_q - 1) * a.mask_nb_row + a.n_tail * (a.mask_f16 ? 2 : 4));
-            p.mask = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
+            err           = c.bufs[nb].upload(a.mask, (n_q - 1) * a.mask_nb_row + a.n_tail * (a.mask_f16 ? 2 : 4));
+            p.mask        = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
             p.mask_nb_row = a.mask_nb_row, p.mask_f16 = a.mask_f16;
         }
         units += (a.n_tail + kUnit - 1) / kUnit;
@@ -519,8 +551,8 @@ int upload_call(const cocktail_attn_args & a, DeviceCall & c) {
     if (err != cudaSuccess) {
         return cuda_fail(err, "copying the inputs");
     }
-    p.n_units   = units;
-    c.out_bytes = static_cast<size_t>(n_q) * a.n_head * D * sizeof(float);
+    p.n_units             = units;
+    c.out_bytes           = static_cast<size_t>(n_q) * a.n_head * D * sizeof(float);
     // splits are chosen in run(); scratch for the largest split count it can pick (one per 4 units)
     const size_t max_rows = static_cast<size_t>(n_q) * a.n_head * std::max(1, (units + 3) / 4);
     if ((err = c.acc.upload(nullptr, max_rows * D * sizeof(float))) != cudaSuccess ||
@@ -555,8 +587,8 @@ int launch_call(const cocktail_attn_args & a, DeviceCall & c, cudaStream_t strea
 void write_rows(const cocktail_attn_args & a, const float * src_or_null) {
     for (int i = 0; i < a.n_q_tokens; ++i) {
         for (int h = 0; h < a.n_head; ++h) {
-            float * row = reinterpret_cast<float *>(reinterpret_cast<uint8_t *>(a.out) + i * a.out_nb_token +
-                                                    h * a.out_nb_head);
+            float * row =
+                reinterpret_cast<float *>(reinterpret_cast<uint8_t *>(a.out) + i * a.out_nb_token + h * a.out_nb_head);
             if (src_or_null == nullptr) {
                 std::fill(row, row + a.head_dim, 0.0f);
             } else {
@@ -567,7 +599,125 @@ void write_rows(const cocktail_attn_args & a, const float * src_or_null) {
     }
 }
 
+// Kernel parameters of a graph op call (pointers already on the device); scratch is not set here.
+int graph_params(const CudaGraphAttn & c, Params & p) {
+    const cocktail_attn_args & a = c.args;
+    if (!head_dim_supported(a.head_dim)) {
+        return fail(COCKTAIL_EUNSUPPORTED,
+                    "segmented cache on CUDA: head_dim " + std::to_string(a.head_dim) + " (kernels: 32, 64, 128, 256)");
+    }
+    p     = Params{};
+    p.n_q = a.n_q_tokens, p.n_head = a.n_head, p.n_head_kv = a.n_head_kv, p.group = a.n_head / a.n_head_kv;
+    p.scale = a.kq_scale;
+    p.q = a.q, p.q_nb_token = a.q_nb_token, p.q_nb_head = a.q_nb_head;
+    p.q_seq    = c.q_seq;
+    int  units = 0;
+    auto add   = [&](int kind, int n_tokens, int seq, const void * k, const void * v) {
+        if (p.n_segments == kMaxSegments) {
+            return false;
+        }
+        Segment & s = p.seg[p.n_segments++];
+        s.kind = kind, s.n_tokens = n_tokens, s.unit0 = units, s.seq = seq;
+        s.k = static_cast<const uint8_t *>(k), s.v = static_cast<const uint8_t *>(v);
+        units += (n_tokens + kUnit - 1) / kUnit;
+        return true;
+    };
+    bool fits = true;
+    for (const CudaRegionSet & set : c.sets) {
+        for (int r = 0; r < set.n_regions; ++r) {
+            const cocktail_kv_region & reg = set.regions[r];
+            if (reg.n_tokens > 0) {
+                fits = fits && add(reg.precision, reg.n_tokens, set.seq, reg.k, reg.v);
+            }
+        }
+    }
+    if (a.n_tail > 0) {
+        fits          = fits && add(kTail, a.n_tail, -1, a.tail_k, a.tail_v);
+        p.tk_nb_token = a.tail_k_nb_token, p.tk_nb_head = a.tail_k_nb_head;
+        p.tv_nb_token = a.tail_v_nb_token, p.tv_nb_channel = a.tail_v_nb_channel, p.tv_nb_head = a.tail_v_nb_head;
+        p.mask = static_cast<const uint8_t *>(a.mask), p.mask_nb_row = a.mask_nb_row, p.mask_f16 = a.mask_f16;
+    }
+    if (!fits) {
+        return fail(COCKTAIL_EUNSUPPORTED, "segmented cache on CUDA: more than " + std::to_string(kMaxSegments - 1) +
+                                               " non-empty regions in one layer (at most 5 compacted sequences "
+                                               "with every precision in one batch)");
+    }
+    p.n_units = units;
+    return COCKTAIL_OK;
+}
+
+size_t scratch_bytes_per_split(const Params & p, int D) {
+    return static_cast<size_t>(p.n_q) * p.n_head * (D * sizeof(float) + sizeof(float2));
+}
+
 }  // namespace cocktail::cuda_impl
+
+namespace cocktail {
+
+std::shared_ptr<uint8_t> cuda_upload(const uint8_t * src, size_t bytes) {
+    void * ptr = nullptr;
+    if (cudaError_t err = cudaMalloc(&ptr, bytes); err != cudaSuccess) {
+        cudaGetLastError();  // clear the recorded error: ggml checks cudaGetLastError() after its own calls
+        throw std::runtime_error("cudaMalloc of " + std::to_string(bytes) + " bytes: " + cudaGetErrorString(err));
+    }
+    std::shared_ptr<uint8_t> out(static_cast<uint8_t *>(ptr), [](uint8_t * q) { cudaFree(q); });
+    if (cudaError_t err = cudaMemcpy(ptr, src, bytes, cudaMemcpyHostToDevice); err != cudaSuccess) {
+        throw std::runtime_error(std::string("copying a region to the GPU: ") + cudaGetErrorString(err));
+    }
+    return out;
+}
+
+void cuda_download(uint8_t * dst, const uint8_t * src, size_t bytes) {
+    if (cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost); err != cudaSuccess) {
+        throw std::runtime_error(std::string("copying a region from the GPU: ") + cudaGetErrorString(err));
+    }
+}
+
+size_t cuda_graph_attn_scratch(const CudaGraphAttn & call) {
+    cuda_impl::Params p;
+    if (cuda_impl::graph_params(call, p) != COCKTAIL_OK || p.n_units == 0) {
+        return 0;
+    }
+    cuda_impl::plan_launch(p, call.args.head_dim, 1 << 30);
+    return cuda_impl::scratch_bytes_per_split(p, call.args.head_dim) * p.n_splits;
+}
+
+int cuda_graph_attn(const CudaGraphAttn & call, void * stream) {
+    using namespace cuda_impl;
+    const cocktail_attn_args & a = call.args;
+    Params                     p;
+    if (int rc = graph_params(call, p); rc != COCKTAIL_OK) {
+        return rc;
+    }
+    const size_t per_split  = scratch_bytes_per_split(p, a.head_dim);
+    const int    max_splits = static_cast<int>(std::min<size_t>(call.scratch_bytes / per_split, 1 << 30));
+    auto *       st         = static_cast<cudaStream_t>(stream);
+    int          n_splits   = 0;  // nothing visible: the merge writes zeros, as the CPU op
+    if (p.n_units > 0) {
+        if (max_splits < 1) {
+            return fail(COCKTAIL_EINTERNAL, "segmented cache on CUDA: scratch of " +
+                                                std::to_string(call.scratch_bytes) + " bytes, " +
+                                                std::to_string(per_split) + " needed at least");
+        }
+        p.part_acc = static_cast<float *>(call.scratch);
+        p.part_ml =
+            reinterpret_cast<float2 *>(static_cast<uint8_t *>(call.scratch) +
+                                       static_cast<size_t>(p.n_q) * p.n_head * max_splits * a.head_dim * sizeof(float));
+        if (int rc = run(a, p, st, max_splits); rc != COCKTAIL_OK) {
+            return rc;
+        }
+        n_splits = p.n_splits;
+    }
+    attn_merge<<<dim3(a.n_head, a.n_q_tokens), a.head_dim, 0, st>>>(
+        p.part_acc, p.part_ml, n_splits, a.n_head, a.head_dim, static_cast<uint8_t *>(static_cast<void *>(a.out)),
+        a.out_nb_token, a.out_nb_head);
+    if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
+        return cuda_fail(err, "attn_merge launch");
+    }
+    return COCKTAIL_OK;
+}
+
+}  // namespace cocktail
 
 extern "C" int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args * args) {
     using namespace cocktail;
@@ -598,8 +748,11 @@ extern "C" int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args 
     return COCKTAIL_OK;
 }
 
-extern "C" int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn_args * args, int n_iters,
-                                                      double * ms, double * bytes_read, double * copy_gbps) {
+extern "C" int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn_args * args,
+                                                      int                               n_iters,
+                                                      double *                          ms,
+                                                      double *                          bytes_read,
+                                                      double *                          copy_gbps) {
     using namespace cocktail;
     using namespace cocktail::cuda_impl;
     if (args == nullptr || ms == nullptr || bytes_read == nullptr || copy_gbps == nullptr || n_iters < 1) {
@@ -629,8 +782,8 @@ extern "C" int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn
     cudaEventRecord(t1);
     if ((err = cudaEventSynchronize(t1)) == cudaSuccess) {
         cudaEventElapsedTime(&elapsed, t0, t1);
-        *ms         = elapsed / n_iters;
-        *bytes_read = static_cast<double>(c.bytes_read);
+        *ms                     = elapsed / n_iters;
+        *bytes_read             = static_cast<double>(c.bytes_read);
         // copy bandwidth of this device: 1 GiB device-to-device, bytes read + written per second
         const size_t copy_bytes = size_t(1) << 30;
         DeviceBuffer src, dst;

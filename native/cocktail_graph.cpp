@@ -1,6 +1,8 @@
 // Graph integration of the segmented KV cache: the attention hook upstream calls (ggml_patches/0003) and the
-// ggml custom op "attn_mixed_regions" it adds (CPU; runs cocktail_attn_cpu's kernel on ggml's threads).
+// ggml custom op "attn_mixed_regions" it adds: on the CPU it runs cocktail_attn_cpu's kernel on ggml's threads; for a
+// layer whose cache is in CUDA memory, ggml's CUDA backend runs it through cuda_graph_attn (ggml_patches/0005).
 #include "cocktail_attn_cpu.h"
+#include "cocktail_cuda.h"
 #include "cocktail_hooks.h"
 #include "cocktail_segmented.h"
 #include "ggml-backend.h"
@@ -25,9 +27,10 @@ constexpr cocktail_kv_region kNoRegions[kNumPrecisions] = {};
 struct LayerOp {
     int32_t                                       il       = -1;
     float                                         kq_scale = 0.0f;
-    std::map<int32_t, const cocktail_kv_region *> regions;  // seq -> its regions (compacted sequences)
-    std::vector<SegmentedCache *>                 owners;   // where a runtime error is reported
-    ggml_tensor *                                 seq_ids = nullptr;
+    std::map<int32_t, const cocktail_kv_region *> regions;             // seq -> its regions (compacted sequences)
+    std::vector<SegmentedCache *>                 owners;              // where a runtime error is reported
+    ggml_tensor *                                 seq_ids        = nullptr;
+    size_t                                        scratch_offset = 0;  // CUDA op: the scratch follows the output
 
     void report(const std::string & msg) const {
         for (SegmentedCache * o : owners) {
@@ -77,11 +80,17 @@ class SegmentsInput : public llm_graph_input_i {
     std::vector<SeqLayer> keep_;
 };
 
-cocktail_attn_args base_args(const LayerOp & op, const ggml_tensor * dst) {
-    const ggml_tensor * q       = dst->src[0];
-    const ggml_tensor * k       = dst->src[1];
-    const ggml_tensor * v       = dst->src[2];
-    const ggml_tensor * mask    = dst->src[3];
+// The attention call over src = { q, k, v, kq_mask } into out (rows of D floats, strides per token and head); no
+// regions yet.
+cocktail_attn_args base_args(const LayerOp &             op,
+                             const ggml_tensor * const * src,
+                             void *                      out,
+                             size_t                      out_nb_token,
+                             size_t                      out_nb_head) {
+    const ggml_tensor * q       = src[0];
+    const ggml_tensor * k       = src[1];
+    const ggml_tensor * v       = src[2];
+    const ggml_tensor * mask    = src[3];
     const bool          v_trans = v->nb[1] > v->nb[2];
 
     cocktail_attn_args a{};
@@ -93,9 +102,9 @@ cocktail_attn_args base_args(const LayerOp & op, const ggml_tensor * dst) {
     a.q                 = static_cast<const float *>(q->data);
     a.q_nb_token        = q->nb[2];
     a.q_nb_head         = q->nb[1];
-    a.out               = static_cast<float *>(dst->data);
-    a.out_nb_token      = dst->nb[2];
-    a.out_nb_head       = dst->nb[1];
+    a.out               = static_cast<float *>(out);
+    a.out_nb_token      = out_nb_token;
+    a.out_nb_head       = out_nb_head;
     a.regions           = kNoRegions;
     a.n_regions         = kNumPrecisions;
     a.n_tail            = static_cast<int>(k->ne[2]);
@@ -117,7 +126,7 @@ cocktail_attn_args base_args(const LayerOp & op, const ggml_tensor * dst) {
 // threads split each run's (KV head, query rows) tiles, rotated per run so single-token runs spread; no barriers.
 void attn_mixed_regions_op(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const auto *             op   = static_cast<const LayerOp *>(userdata);
-    const cocktail_attn_args all  = base_args(*op, dst);
+    const cocktail_attn_args all  = base_args(*op, dst->src, dst->data, dst->nb[2], dst->nb[1]);
     const auto *             seqs = static_cast<const int32_t *>(dst->src[4]->data);
     const int                n    = all.n_q_tokens;
     int                      run  = 0;
@@ -145,6 +154,77 @@ void attn_mixed_regions_op(ggml_tensor * dst, int ith, int nth, void * userdata)
         }
         attn_mixed_regions_part(a, (ith + run) % nth, nth);
     }
+}
+
+// The CUDA op's call for dst over src = { q, k, v, kq_mask, seq ids } (dst = nullptr: for sizing the scratch while
+// the graph is built). The output rows are [n_tokens][n_head][D], contiguous, at the start of dst.
+CudaGraphAttn cuda_call(const LayerOp & op, const ggml_tensor * const * src, ggml_tensor * dst) {
+    const ggml_tensor * q = src[0];
+    CudaGraphAttn       c;
+    c.args =
+        base_args(op, src, dst ? dst->data : nullptr, q->ne[0] * q->ne[1] * sizeof(float), q->ne[0] * sizeof(float));
+    for (const auto & [seq, regions] : op.regions) {
+        c.sets.push_back({ seq, regions, kNumPrecisions });
+    }
+    if (dst != nullptr) {
+        c.q_seq         = static_cast<const int32_t *>(dst->src[4]->data);
+        c.scratch       = static_cast<char *>(dst->data) + op.scratch_offset;
+        c.scratch_bytes = ggml_nbytes(dst) - op.scratch_offset;
+    }
+    return c;
+}
+
+// ggml's CUDA backend runs the op of a CUDA layer here (registered below; ggml_patches/0005). Errors: zeros out,
+// the message reaches Python through cocktail_check(), as on the CPU.
+bool attn_mixed_regions_cuda_op(void * stream, ggml_tensor * dst, void * userdata) {
+    const auto *        op   = static_cast<const LayerOp *>(userdata);
+    const CudaGraphAttn call = cuda_call(*op, dst->src, dst);
+    if (cuda_graph_attn(call, stream) != COCKTAIL_OK) {
+        op->report(cocktail_last_error());
+    }
+    return true;
+}
+
+// The op of a CUDA layer has no CPU implementation (its regions are in device memory): ggml scheduled it on the CPU.
+void attn_mixed_regions_not_on_cuda(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    (void) nth;
+    if (ith == 0) {
+        std::memset(dst->data, 0, ggml_nbytes(dst));
+        static_cast<const LayerOp *>(userdata)->report(
+            "ggml scheduled the attention of a layer whose cache and regions are on the GPU on the CPU backend");
+    }
+}
+
+// Registers the CUDA op with ggml's CUDA backend once; the reason when that backend cannot take it.
+std::string register_cuda_op() {
+    static const std::string problem = [] {
+        ggml_backend_reg_t reg = ggml_backend_reg_by_name("CUDA");
+        using register_fn      = void (*)(ggml_custom_op_t, bool (*)(void *, ggml_tensor *, void *));
+        auto * fn = reg ? reinterpret_cast<register_fn>(
+                              ggml_backend_reg_get_proc_address(reg, "ggml_backend_cuda_register_custom_op")) :
+                          nullptr;
+        if (fn == nullptr) {
+            return std::string(reg ? "ggml's CUDA backend has no custom-op hook (ggml_patches/0005 not applied)" :
+                                     "ggml has no CUDA backend registered");
+        }
+        fn(attn_mixed_regions_not_on_cuda, attn_mixed_regions_cuda_op);
+        return std::string();
+    }();
+    return problem;
+}
+
+// The op of a CUDA layer: a 1-D output holding the attention rows, then (256-byte aligned) the kernels' split-K
+// scratch, so ggml's graph allocator provides that memory and the op needs no allocation of its own (CUDA graphs).
+ggml_tensor * build_cuda_op(ggml_context * ctx0, LayerOp * op, ggml_tensor * (&src)[5]) {
+    const ggml_tensor * q         = src[0];
+    const size_t        out_bytes = q->ne[0] * q->ne[1] * q->ne[2] * sizeof(float);
+    op->scratch_offset            = (out_bytes + 255) / 256 * 256;
+    const size_t  scratch         = cuda_graph_attn_scratch(cuda_call(*op, src, nullptr));
+    const int64_t n_floats        = static_cast<int64_t>((op->scratch_offset + scratch) / sizeof(float));
+    ggml_tensor * cur =
+        ggml_custom_4d(ctx0, GGML_TYPE_F32, n_floats, 1, 1, 1, src, 5, attn_mixed_regions_not_on_cuda, 1, op);
+    ggml_format_name(cur, "attn_mixed_regions_cuda-%d", op->il);
+    return ggml_view_2d(ctx0, cur, q->ne[0] * q->ne[1], q->ne[2], q->ne[0] * q->ne[1] * sizeof(float), 0);
 }
 
 // Why the op cannot take these tensors (empty: it can).
@@ -226,7 +306,11 @@ ggml_tensor * cocktail_build_attn(ggml_context *     ctx0,
     if (!any_compacted) {
         return nullptr;  // prefill before compaction: upstream attention over the F16 staging cache
     }
-    const std::string problem = graph_impl::op_shape_problem(*seqs.front().layer, q, k, v, kq_mask);
+    const bool  on_device = seqs.front().layer->on_device;
+    std::string problem   = graph_impl::op_shape_problem(*seqs.front().layer, q, k, v, kq_mask);
+    if (problem.empty() && on_device) {
+        problem = graph_impl::register_cuda_op();
+    }
     if (!problem.empty()) {
         for (const SeqLayer & s : seqs) {
             s.owner->set_runtime_error("layer " + std::to_string(il) + ": " + problem);
@@ -246,10 +330,15 @@ ggml_tensor * cocktail_build_attn(ggml_context *     ctx0,
     ggml_set_input(in->op->seq_ids);
     ggml_format_name(in->op->seq_ids, "cocktail_seq_ids-%d", il);
     ggml_tensor * args[5] = { q, k, v, kq_mask, in->op->seq_ids };
-    ggml_tensor * cur     = ggml_custom_4d(ctx0, GGML_TYPE_F32, q->ne[0], q->ne[1], q->ne[2], 1, args, 5,
-                                           graph_impl::attn_mixed_regions_op, GGML_N_TASKS_MAX, in->op.get());
-    ggml_format_name(cur, "attn_mixed_regions-%d", il);
-    cur = ggml_reshape_2d(ctx0, cur, cur->ne[0] * cur->ne[1], cur->ne[2]);
+    ggml_tensor * cur     = nullptr;
+    if (on_device) {
+        cur = graph_impl::build_cuda_op(ctx0, in->op.get(), args);
+    } else {
+        cur = ggml_custom_4d(ctx0, GGML_TYPE_F32, q->ne[0], q->ne[1], q->ne[2], 1, args, 5,
+                             graph_impl::attn_mixed_regions_op, GGML_N_TASKS_MAX, in->op.get());
+        ggml_format_name(cur, "attn_mixed_regions-%d", il);
+        cur = ggml_reshape_2d(ctx0, cur, cur->ne[0] * cur->ne[1], cur->ne[2]);
+    }
     ggml_build_forward_expand(gf, cur);
     return cur;
 }

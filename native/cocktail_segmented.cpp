@@ -1,6 +1,7 @@
 // Segmented KV cache: plans, compaction into Q2/Q4/F16 regions, the registry, and their C API.
 #include "cocktail_segmented.h"
 
+#include "cocktail_cuda.h"
 #include "cocktail_errors.h"
 #include "cocktail_hooks.h"
 #include "cocktail_kv_format.h"
@@ -17,6 +18,7 @@
 #include <cstring>
 #include <map>
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -28,14 +30,14 @@ namespace segmented_impl {
 namespace {
 
 struct Registry {
-    std::mutex mutex;
+    std::mutex                                                                                    mutex;
     // the planned sequences of each context
     std::unordered_map<const llama_context *, std::map<int32_t, std::shared_ptr<SegmentedCache>>> by_ctx;
     // the K tensor of every layer of a context with a plan -> (context, model layer)
-    std::unordered_map<const ggml_tensor *, std::pair<const llama_context *, int32_t>>             by_k;
+    std::unordered_map<const ggml_tensor *, std::pair<const llama_context *, int32_t>>            by_k;
     // layers of a context whose attention went through the hook under an earlier plan (il -> unsupported reason):
     // a new plan over a restored F16 cache (no graph built since) can then be compacted
-    std::unordered_map<const llama_context *, std::unordered_map<int32_t, std::string>> hooked;
+    std::unordered_map<const llama_context *, std::unordered_map<int32_t, std::string>>           hooked;
 };
 
 Registry & registry() {
@@ -129,6 +131,12 @@ llama_kv_cache * standard_cache(llama_context * ctx, const llama_model & model) 
     return nullptr;
 }
 
+// A cache tensor in the memory of a CUDA device (this build has CUDA): its layer's regions go there too.
+bool on_cuda_device(const ggml_tensor * t) {
+    return COCKTAIL_CUDA && t->buffer != nullptr && !ggml_backend_buffer_is_host(t->buffer) &&
+           std::strncmp(ggml_backend_buffer_name(t->buffer), "CUDA", 4) == 0;
+}
+
 // Why this model/context cannot run the segmented cache (COCKTAIL_EUNSUPPORTED), or OK.
 int check_model(llama_context * ctx, const llama_model & model, llama_kv_cache * kv) {
     const llama_hparams & hp   = model.hparams;
@@ -155,10 +163,12 @@ int check_model(llama_context * ctx, const llama_model & model, llama_kv_cache *
     }
     for (uint32_t il : kv->get_layer_ids()) {
         const ggml_tensor * k = kv->get_k_storage(static_cast<int32_t>(il));
-        if (k->buffer == nullptr || !ggml_backend_buffer_is_host(k->buffer)) {
-            return fail(COCKTAIL_EUNSUPPORTED, "layer " + std::to_string(il) +
-                                                   "'s KV cache is not in host memory: the segmented cache (v1) runs "
-                                                   "on the CPU (use n_gpu_layers=0 or offload_kqv=False)");
+        if (k->buffer == nullptr || (!ggml_backend_buffer_is_host(k->buffer) && !on_cuda_device(k))) {
+            return fail(COCKTAIL_EUNSUPPORTED, "layer " + std::to_string(il) + "'s KV cache is in " +
+                                                   (k->buffer ? ggml_backend_buffer_name(k->buffer) : "no buffer") +
+                                                   " memory: the segmented cache runs on the CPU" +
+                                                   (COCKTAIL_CUDA ? " and CUDA devices" : " (this build has no CUDA)") +
+                                                   " (use n_gpu_layers=0 or offload_kqv=False)");
         }
         const uint32_t dk = hp.n_embd_head_k(il), dv = hp.n_embd_head_v(il);
         if (dk != dv || dk % kGroupChannels != 0) {
@@ -170,11 +180,20 @@ int check_model(llama_context * ctx, const llama_model & model, llama_kv_cache *
     return COCKTAIL_OK;
 }
 
-// Views of layer il's whole K and V cache (stream of seq 0) in host memory, as PackSources without cells.
+// Views of layer il's whole K and V cache (one stream), as PackSources without cells, and the tensors they view.
 struct LayerViews {
-    PackSource k;
-    PackSource v;
+    PackSource          k;
+    PackSource          v;
+    const ggml_tensor * k_storage;
+    const ggml_tensor * v_storage;
 };
+
+// A CUDA layer's cache tensor copied into `host` (whole), and `view` (a pointer into the tensor) moved into the copy.
+void stage_on_host(const ggml_tensor * storage, PackSource & view, std::vector<uint8_t> & host) {
+    host.resize(ggml_nbytes(storage));
+    ggml_backend_tensor_get(storage, host.data(), 0, host.size());
+    view.data = host.data() + (view.data - static_cast<const uint8_t *>(storage->data));
+}
 
 LayerViews layer_views(llama_kv_cache * kv, int32_t il, uint32_t stream) {
     ggml_init_params          ip   = { ggml_tensor_overhead() * 4, nullptr, true };
@@ -187,7 +206,9 @@ LayerViews layer_views(llama_kv_cache * kv, int32_t il, uint32_t stream) {
     const ggml_tensor * kview = kv->get_k(tctx, il, kv->get_size(), sinfo);
     const ggml_tensor * vview = kv->get_v(tctx, il, kv->get_size(), sinfo);
     LayerViews          out{};
-    out.k = { static_cast<const uint8_t *>(kview->data), kview->nb[2], kview->nb[0], kview->nb[1], nullptr };
+    out.k_storage = kview->view_src ? kview->view_src : kview;
+    out.v_storage = vview->view_src ? vview->view_src : vview;
+    out.k         = { static_cast<const uint8_t *>(kview->data), kview->nb[2], kview->nb[0], kview->nb[1], nullptr };
     if (vview->nb[1] > vview->nb[2]) {  // transposed V (flash attention off): [cell, head, channel] view
         out.v = { static_cast<const uint8_t *>(vview->data), vview->nb[0], vview->nb[2], vview->nb[1], nullptr };
     } else {
@@ -259,35 +280,45 @@ int compact(SegmentedCache & st) {
 
     const int      n_threads = std::max(1, static_cast<int>(llama_n_threads(st.ctx)));
     const uint32_t stream    = st.kv->get_stream(st.seq_id);
+    std::string    problem;
     try {
+        std::vector<uint8_t> k_host, v_host;  // a CUDA layer's cache, copied to host memory to be packed there
         for (auto & layer : st.layers) {
-            const LayerViews views = layer_views(st.kv, layer->il, stream);
+            LayerViews views = layer_views(st.kv, layer->il, stream);
+            if (layer->on_device) {
+                stage_on_host(views.k_storage, views.k, k_host);
+                stage_on_host(views.v_storage, views.v, v_host);
+            }
             for (int p = 0; p < kNumPrecisions; ++p) {
-                const int    n     = static_cast<int>(region_cells[p].size());
-                const size_t bytes = region_bytes(p, n, layer->n_head_kv, layer->head_dim);
-                layer->k[p].assign(bytes, 0);
-                layer->v[p].assign(bytes, 0);
+                const int            n     = static_cast<int>(region_cells[p].size());
+                const size_t         bytes = region_bytes(p, n, layer->n_head_kv, layer->head_dim);
+                std::vector<uint8_t> kb(bytes, 0), vb(bytes, 0);
                 if (n > 0) {
                     PackSource ks = views.k, vs = views.v;
                     ks.cells = region_cells[p].data();
                     vs.cells = region_cells[p].data();
-                    pack_region(p, COCKTAIL_KV_K, layer->k[p].data(), n, layer->n_head_kv, layer->head_dim, ks,
-                                n_threads);
-                    pack_region(p, COCKTAIL_KV_V, layer->v[p].data(), n, layer->n_head_kv, layer->head_dim, vs,
-                                n_threads);
+                    pack_region(p, COCKTAIL_KV_K, kb.data(), n, layer->n_head_kv, layer->head_dim, ks, n_threads);
+                    pack_region(p, COCKTAIL_KV_V, vb.data(), n, layer->n_head_kv, layer->head_dim, vs, n_threads);
                 }
+                layer->k[p].set(std::move(kb), layer->on_device && bytes > 0);
+                layer->v[p].set(std::move(vb), layer->on_device && bytes > 0);
                 layer->regions[p] = { p, n, layer->k[p].data(), layer->v[p].data() };
             }
         }
     } catch (const std::bad_alloc &) {
+        problem = "out of memory allocating the regions";
+    } catch (const std::runtime_error & e) {
+        problem = std::string("placing the regions on the GPU: ") + e.what();
+    }
+    if (!problem.empty()) {
         for (auto & layer : st.layers) {
             for (int p = 0; p < kNumPrecisions; ++p) {
-                std::vector<uint8_t>().swap(layer->k[p]);
-                std::vector<uint8_t>().swap(layer->v[p]);
+                layer->k[p].clear();
+                layer->v[p].clear();
                 layer->regions[p] = {};
             }
         }
-        return fail(COCKTAIL_ENOMEM, what + ": out of memory allocating the regions");
+        return fail(COCKTAIL_ENOMEM, what + ": " + problem);
     }
 
     // the staging F16 copies leave llama.cpp's cache: its mask then hides those cells and new tokens reuse them
@@ -302,6 +333,31 @@ int compact(SegmentedCache & st) {
 
 }  // namespace
 }  // namespace segmented_impl
+
+void RegionBuffer::set(std::vector<uint8_t> && bytes, bool device) {
+    clear();
+    if (device && !bytes.empty()) {
+        device_ = cuda_upload(bytes.data(), bytes.size());
+    } else {
+        host_ = std::move(bytes);
+    }
+    size_ = bytes.size() + host_.size();  // one of the two is empty now
+}
+
+void RegionBuffer::clear() {
+    std::vector<uint8_t>().swap(host_);
+    device_.reset();
+    size_ = 0;
+}
+
+const uint8_t * RegionBuffer::host_bytes(std::vector<uint8_t> & scratch) const {
+    if (!device_) {
+        return host_.data();
+    }
+    scratch.resize(size_);
+    cuda_download(scratch.data(), device_.get(), size_);
+    return scratch.data();
+}
 
 void SegmentedCache::set_runtime_error(const std::string & msg) {
     std::lock_guard<std::mutex> lock(error_mutex);
@@ -342,6 +398,7 @@ void rebind_cache(llama_context * ctx) {
             st->kv = kv;
             for (auto & layer : st->layers) {
                 layer->k_storage = kv ? kv->get_k_storage(layer->il) : nullptr;
+                layer->on_device = layer->k_storage != nullptr && segmented_impl::on_cuda_device(layer->k_storage);
                 if (layer->k_storage != nullptr) {
                     r.by_k[layer->k_storage] = { ctx, layer->il };
                 }
@@ -434,6 +491,7 @@ int cocktail_set_plan(struct llama_context * ctx,
             layer->n_head_kv = static_cast<int32_t>(model.hparams.n_head_kv(il));
             layer->head_dim  = static_cast<int32_t>(model.hparams.n_embd_head_k(il));
             layer->k_storage = kv->get_k_storage(static_cast<int32_t>(il));
+            layer->on_device = on_cuda_device(layer->k_storage);
             st->layers.push_back(std::move(layer));
         }
     } catch (const std::bad_alloc &) {
@@ -596,28 +654,36 @@ int cocktail_state_get(struct llama_context * ctx, int32_t seq_id, uint8_t * dst
     if (size == nullptr) {
         return fail(COCKTAIL_EINVAL, "cocktail_state_get: size is NULL");
     }
-    auto        st = find_seq(ctx, seq_id);
-    StateWriter w{ dst, dst ? *size : 0 };
+    auto                 st = find_seq(ctx, seq_id);
+    StateWriter          w{ dst, dst ? *size : 0 };
+    std::vector<uint8_t> scratch;  // a region of a CUDA layer, copied to host memory
+    // the regions themselves: from the GPU only when they are written
+    auto                 region = [&](const RegionBuffer & b) {
+        w.put(static_cast<uint64_t>(b.size()));
+        w.bytes(dst && w.n + b.size() <= w.cap ? b.host_bytes(scratch) : nullptr, b.size());
+    };
     if (st != nullptr) {
-        w.put(kStateMagic);
-        w.put(st->pos0);
-        w.put(st->chunk_size);
-        w.put(st->n_context_tokens);
-        w.put(static_cast<int32_t>(st->precisions.size()));
-        w.bytes(st->precisions.data(), st->precisions.size());
-        w.put(static_cast<uint8_t>(st->compacted));
-        w.put(static_cast<int32_t>(st->layers.size()));
-        for (const auto & l : st->layers) {
-            w.put(l->il);
-            w.put(l->n_head_kv);
-            w.put(l->head_dim);
-            for (int p = 0; p < kNumPrecisions; ++p) {
-                w.put(l->regions[p].n_tokens);
-                w.put(static_cast<uint64_t>(l->k[p].size()));
-                w.bytes(l->k[p].data(), l->k[p].size());
-                w.put(static_cast<uint64_t>(l->v[p].size()));
-                w.bytes(l->v[p].data(), l->v[p].size());
+        try {
+            w.put(kStateMagic);
+            w.put(st->pos0);
+            w.put(st->chunk_size);
+            w.put(st->n_context_tokens);
+            w.put(static_cast<int32_t>(st->precisions.size()));
+            w.bytes(st->precisions.data(), st->precisions.size());
+            w.put(static_cast<uint8_t>(st->compacted));
+            w.put(static_cast<int32_t>(st->layers.size()));
+            for (const auto & l : st->layers) {
+                w.put(l->il);
+                w.put(l->n_head_kv);
+                w.put(l->head_dim);
+                for (int p = 0; p < kNumPrecisions; ++p) {
+                    w.put(l->regions[p].n_tokens);
+                    region(l->k[p]);
+                    region(l->v[p]);
+                }
             }
+        } catch (const std::exception & e) {  // a region copied from the GPU: CUDA error or no host memory
+            return fail(COCKTAIL_EINTERNAL, std::string("cocktail_state_get: ") + e.what());
         }
     }
     if (dst != nullptr && w.n > *size) {
@@ -677,19 +743,19 @@ int cocktail_state_set(struct llama_context * ctx, int32_t seq_id, const uint8_t
                 break;
             }
             for (int p = 0; p < kNumPrecisions && problem.empty(); ++p) {
-                const auto n      = r.get<int32_t>();
-                const auto want   = compacted ? region_bytes(p, counts[p], n_head_kv, head_dim) : 0;
-                const auto k_size = r.get<uint64_t>();
-                const uint8_t * k = r.take(static_cast<size_t>(std::min<uint64_t>(k_size, size)));
-                const auto v_size = r.get<uint64_t>();
-                const uint8_t * v = r.take(static_cast<size_t>(std::min<uint64_t>(v_size, size)));
+                const auto      n      = r.get<int32_t>();
+                const auto      want   = compacted ? region_bytes(p, counts[p], n_head_kv, head_dim) : 0;
+                const auto      k_size = r.get<uint64_t>();
+                const uint8_t * k      = r.take(static_cast<size_t>(std::min<uint64_t>(k_size, size)));
+                const auto      v_size = r.get<uint64_t>();
+                const uint8_t * v      = r.take(static_cast<size_t>(std::min<uint64_t>(v_size, size)));
                 if (!r.ok || n != (compacted ? counts[p] : 0) || k_size != want || v_size != want) {
                     problem = "layer " + std::to_string(il) + ": region " + std::to_string(p) +
                               " is truncated or does not match the plan";
                     break;
                 }
-                l->k[p].assign(k, k + k_size);
-                l->v[p].assign(v, v + v_size);
+                l->k[p].set(std::vector<uint8_t>(k, k + k_size), l->on_device);
+                l->v[p].set(std::vector<uint8_t>(v, v + v_size), l->on_device);
                 l->regions[p] = { p, n, l->k[p].data(), l->v[p].data() };
             }
             if (!problem.empty()) {
@@ -699,6 +765,8 @@ int cocktail_state_set(struct llama_context * ctx, int32_t seq_id, const uint8_t
         }
     } catch (const std::bad_alloc &) {
         problem = "out of memory for the regions";
+    } catch (const std::runtime_error & e) {
+        problem = std::string("placing the regions on the GPU: ") + e.what();
     }
     if (problem.empty() && r.at != size) {
         problem = std::to_string(size - r.at) + " trailing bytes";

@@ -21,18 +21,40 @@ constexpr int kNumPrecisions = 3;  // F16, Q4, Q2: enum cocktail_precision value
 
 struct SegmentedCache;
 
+// The bytes of one region: in host memory, or in CUDA device memory for a layer whose cache is on the GPU.
+class RegionBuffer {
+  public:
+    // Takes `bytes`; with `device` they are copied to the GPU and the host copy freed (throws std::runtime_error
+    // naming the CUDA error, or std::bad_alloc). The previous contents are released first.
+    void set(std::vector<uint8_t> && bytes, bool device);
+    void clear();
+
+    const uint8_t * data() const { return device_ ? device_.get() : host_.data(); }  // host or device pointer
+
+    size_t size() const { return size_; }
+
+    // The bytes in host memory: data() itself, or a copy made in `scratch` (throws as set()).
+    const uint8_t * host_bytes(std::vector<uint8_t> & scratch) const;
+
+  private:
+    std::vector<uint8_t>     host_;
+    std::shared_ptr<uint8_t> device_;
+    size_t                   size_ = 0;
+};
+
 // One attention layer of the standard cache: its regions (indexed by precision) after compaction.
 struct LayerRegions {
-    SegmentedCache *     owner     = nullptr;
-    int32_t              il        = -1;  // model layer index
-    int32_t              n_head_kv = 0;
-    int32_t              head_dim  = 0;
-    const ggml_tensor *  k_storage = nullptr;  // the cache's K tensor of this layer: how the hook finds us
-    std::vector<uint8_t> k[kNumPrecisions];
-    std::vector<uint8_t> v[kNumPrecisions];
-    cocktail_kv_region   regions[kNumPrecisions] = {};     // F16, Q4, Q2 (any order is exact)
-    bool                 seen                    = false;  // this layer's attention went through cocktail_build_attn
-    std::string          unsupported;                      // first reason the hook could not take this layer
+    SegmentedCache *    owner     = nullptr;
+    int32_t             il        = -1;  // model layer index
+    int32_t             n_head_kv = 0;
+    int32_t             head_dim  = 0;
+    const ggml_tensor * k_storage = nullptr;  // the cache's K tensor of this layer: how the hook finds us
+    bool                on_device = false;    // the cache (and so the regions) in CUDA device memory
+    RegionBuffer        k[kNumPrecisions];
+    RegionBuffer        v[kNumPrecisions];
+    cocktail_kv_region  regions[kNumPrecisions] = {};     // F16, Q4, Q2 (any order is exact)
+    bool                seen                    = false;  // this layer's attention went through cocktail_build_attn
+    std::string         unsupported;                      // first reason the hook could not take this layer
 };
 
 // The plan and regions of one sequence of one llama_context (several sequences need one KV stream: kv_unified).

@@ -3,16 +3,11 @@ from a cache planned for an older query), with or without the kept F16 copy of t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from cocktail_gguf import Llama
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("COCKTAIL_TEST_N_GPU_LAYERS", "0") != "0", reason="segmented cache v1: CPU only"
-)
 
 SYSTEM = " ".join(
     f"fact {i}: the box number {i} holds {('pens', 'keys', 'coins', 'maps')[i % 4]}." for i in range(40)

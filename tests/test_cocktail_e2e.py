@@ -10,7 +10,6 @@ of their quantization steps, 3 vs 15 levels) stays under REL_TOL, with about 1.5
 from __future__ import annotations
 
 import math
-import os
 import random
 from pathlib import Path
 
@@ -20,10 +19,6 @@ import pytest
 from cocktail_gguf import Llama, _native, segmented_cache
 from cocktail_gguf.plan import Plan
 from cocktail_gguf.random_gguf import SHAPES
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("COCKTAIL_TEST_N_GPU_LAYERS", "0") != "0", reason="segmented cache v1: CPU only"
-)
 
 F16_LOGIT_TOL = 1e-2  # llama.cpp's own flash-attn vs non-flash-attn logits differ by ~6e-3 here
 REL_TOL = {"q4": 0.15, "mixed": 0.45, "q2": 0.75}

@@ -7,7 +7,6 @@ batch, the kept one in two, which changes llama.cpp's fp summation order only).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,6 @@ import pytest
 
 from cocktail_gguf import Llama
 from cocktail_gguf.plan import Plan
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("COCKTAIL_TEST_N_GPU_LAYERS", "0") != "0", reason="segmented cache v1: CPU only"
-)
 
 F16_LOGIT_TOL = 1e-2
 CHUNK = 16

@@ -3,7 +3,6 @@ llama.cpp's own state, so a restored context (same or another Llama of the model
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -14,10 +13,6 @@ import pytest
 from cocktail_gguf import Llama, _native
 from cocktail_gguf.llama import CocktailState
 from cocktail_gguf.plan import Plan
-
-pytestmark = pytest.mark.skipif(
-    os.environ.get("COCKTAIL_TEST_N_GPU_LAYERS", "0") != "0", reason="segmented cache v1: CPU only"
-)
 
 CHUNK = 16
 CONTEXT = " ".join(

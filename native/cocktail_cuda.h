@@ -1,0 +1,45 @@
+// The segmented cache's CUDA side as host C++ calls (inside libllama): device copies of regions and the graph
+// attention op. Defined in cocktail_attn_cuda.cu; a CPU build gets cocktail_cuda_stub.cpp, where every call fails.
+#pragma once
+
+#include "cocktail_api.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace cocktail {
+
+// Device memory holding a copy of `bytes` host bytes (bytes > 0). Throws std::runtime_error naming the CUDA error.
+std::shared_ptr<uint8_t> cuda_upload(const uint8_t * src, size_t bytes);
+
+// Copies `bytes` device bytes to host memory. Throws std::runtime_error naming the CUDA error.
+void cuda_download(uint8_t * dst, const uint8_t * src, size_t bytes);
+
+// Regions attended by the query tokens of sequence `seq` (device pointers).
+struct CudaRegionSet {
+    int32_t                    seq;
+    const cocktail_kv_region * regions;
+    int                        n_regions;
+};
+
+// One call of the graph op: `args` as for the CPU op with every pointer on the device (args.regions unused: `sets`
+// instead), q_seq[i] = the sequence of query token i (device), and scratch for the split-K partial results.
+struct CudaGraphAttn {
+    cocktail_attn_args         args{};
+    std::vector<CudaRegionSet> sets;
+    const int32_t *            q_seq         = nullptr;
+    void *                     scratch       = nullptr;
+    size_t                     scratch_bytes = 0;
+};
+
+// Scratch bytes cuda_graph_attn() uses for this call on the current device (0 without CUDA).
+size_t cuda_graph_attn_scratch(const CudaGraphAttn & call);
+
+// Launches the attention kernels on `stream` (a cudaStream_t): no synchronization and no allocation, so it can be
+// captured in a CUDA graph. A smaller scratch than cuda_graph_attn_scratch() asks for means fewer token splits.
+// COCKTAIL_OK, or an error code with the message set (cocktail_last_error).
+int cuda_graph_attn(const CudaGraphAttn & call, void * stream);
+
+}  // namespace cocktail

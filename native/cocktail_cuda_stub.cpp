@@ -1,0 +1,60 @@
+// CPU builds (GGML_CUDA=off): the CUDA entry points exist and fail with a clear message.
+#include "cocktail_api.h"
+#include "cocktail_cuda.h"
+#include "cocktail_errors.h"
+
+#include <stdexcept>
+
+#if !COCKTAIL_CUDA
+
+// these always throw, but their declarations (cocktail_cuda.h) are shared with CUDA builds, where they return
+#    if defined(__GNUC__) && !defined(__clang__)
+#        pragma GCC diagnostic ignored "-Wsuggest-attribute=noreturn"
+#    endif
+
+namespace cocktail {
+
+namespace cuda_stub_impl {
+const char * const kNoCuda = "this library was built without CUDA (GGML_CUDA=off)";
+}  // namespace cuda_stub_impl
+
+using cuda_stub_impl::kNoCuda;
+
+std::shared_ptr<uint8_t> cuda_upload(const uint8_t *, size_t) {
+    throw std::runtime_error(kNoCuda);
+}
+
+void cuda_download(uint8_t *, const uint8_t *, size_t) {
+    throw std::runtime_error(kNoCuda);
+}
+
+size_t cuda_graph_attn_scratch(const CudaGraphAttn &) {
+    return 0;
+}
+
+int cuda_graph_attn(const CudaGraphAttn &, void *) {
+    return fail(COCKTAIL_EUNSUPPORTED, std::string("cuda_graph_attn: ") + kNoCuda);
+}
+
+}  // namespace cocktail
+
+extern "C" {
+
+int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args * args) {
+    (void) args;
+    return cocktail::fail(COCKTAIL_EUNSUPPORTED,
+                          std::string("cocktail_attn_mixed_regions_cuda: ") + cocktail::cuda_stub_impl::kNoCuda);
+}
+
+int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn_args * args,
+                                           int                               n_iters,
+                                           double *                          ms,
+                                           double *                          bytes_read,
+                                           double *                          copy_gbps) {
+    (void) n_iters, (void) ms, (void) bytes_read, (void) copy_gbps;
+    return cocktail_attn_mixed_regions_cuda(args);
+}
+
+}  // extern "C"
+
+#endif

@@ -1,0 +1,120 @@
+"""The segmented cache with the KV cache in GPU memory (CUDA build, a GPU): regions on the device, attention
+by ggml's CUDA backend through our op (ggml_patches/0005), against the same plan run on the CPU in one build.
+
+Bound: the CPU run (n_gpu_layers=0) and the GPU run differ in summation order and in cuBLAS vs CPU matmul
+rounding, not in the regions (both pack on the CPU from the same fp16 cache values). Greedy tokens must agree
+up to the first step whose top-2 logit margin is within the logit tolerance (a near-tie may flip), and logits
+at the steps before agree within LOGIT_TOL relative to their spread.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cocktail_gguf import Llama, _native
+from cocktail_gguf.plan import Plan
+
+CHUNK = 16
+N_CTX = 2048
+MAX_TOKENS = 12
+LOGIT_TOL = 0.02  # max |logit difference| / std(logits)
+
+
+def _cuda_problem() -> str | None:
+    if not _native.build_info().get("cuda"):
+        return "library built without CUDA"
+    if not any("CUDA" in str(d.get("name", "")) for d in _native.devices()):
+        return "no CUDA device visible"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_cuda_problem() is not None, reason=str(_cuda_problem()))
+
+
+def _words(n: int, seed: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(
+        "".join(rng.choice("etaoinshrdlucmfw") for _ in range(rng.randint(2, 6))) for _ in range(n)
+    )
+
+
+CONTEXT = _words(400, 5)
+QUERY = " what is the key? answer:"
+
+
+def _llm(path: Path, n_gpu_layers: int, **kw: Any) -> Llama:
+    return Llama(
+        str(path),
+        n_ctx=N_CTX,
+        verbose=False,
+        kv_mode="cocktail",
+        chunk_size=CHUNK,
+        n_gpu_layers=n_gpu_layers,
+        flash_attn=True,
+        **kw,
+    )
+
+
+def _plan(llm: Llama, context: str, kind: str, seed: int = 0) -> Plan:
+    n = len(llm.tokenize(context.encode(), add_bos=False, special=False))
+    if kind == "mixed":
+        rng = random.Random(seed)
+        return Plan(CHUNK, tuple(rng.choice(("f16", "q4", "q2", "q2")) for _ in range(n // CHUNK)), n)
+    return Plan.uniform(n, CHUNK, kind)
+
+
+def _agree(
+    cpu_tokens: list[int], cpu_logits: np.ndarray, gpu_tokens: list[int], gpu_logits: np.ndarray
+) -> None:
+    for i, (a, b) in enumerate(zip(cpu_tokens, gpu_tokens, strict=False)):
+        spread = float(np.std(cpu_logits[i]))
+        err = float(np.max(np.abs(cpu_logits[i] - gpu_logits[i]))) / spread
+        assert err < LOGIT_TOL, f"step {i}: logits differ by {err:.4f} x std"
+        if a != b:
+            top2 = np.sort(cpu_logits[i])[-2:]
+            assert (top2[1] - top2[0]) / spread < 2 * LOGIT_TOL, (
+                f"step {i}: token {a} vs {b} with a clear margin"
+            )
+            return
+    assert len(cpu_tokens) == len(gpu_tokens)
+
+
+@pytest.mark.parametrize("kind", ["mixed", "q2", "q4", "f16"])
+@pytest.mark.parametrize("shape", ["tiny-mha", "tiny-gqa"])
+def test_gpu_regions_match_the_cpu_op(tiny_models: dict[str, Path], shape: str, kind: str) -> None:
+    cpu = _llm(tiny_models[shape], 0)
+    plan = _plan(cpu, CONTEXT, kind, seed=len(kind))
+    ref = cpu.ask(CONTEXT, QUERY, plan=plan, max_tokens=MAX_TOKENS, ignore_eos=True, return_logits=True)
+    cpu.close()
+    gpu = _llm(tiny_models[shape], -1)
+    got = gpu.ask(CONTEXT, QUERY, plan=plan, max_tokens=MAX_TOKENS, ignore_eos=True, return_logits=True)
+    regions = gpu.kv_regions()
+    gpu.close()
+    assert ref.logits is not None and got.logits is not None
+    _agree(ref.tokens, ref.logits, got.tokens, got.logits)
+    # the regions are the plan's, byte for byte the sizes of the CPU run's
+    assert sum(r.total_bytes for r in regions.values()) > 0
+
+
+def test_gpu_batch_of_sequences_equals_one_at_a_time(tiny_models: dict[str, Path]) -> None:
+    contexts = [_words(300, 1), _words(170, 2), _words(240, 3)]
+    queries = [" what is the key? answer:", " and then what", " tell me more:"]
+    single = _llm(tiny_models["tiny-gqa"], -1)
+    plans = [
+        _plan(single, c, k, seed=i)
+        for i, (c, k) in enumerate(zip(contexts, ["mixed", "f16", "q2"], strict=True))
+    ]
+    ref = [
+        single.ask(c, q, plan=p, max_tokens=MAX_TOKENS, ignore_eos=True).tokens
+        for c, q, p in zip(contexts, queries, plans, strict=True)
+    ]
+    single.close()
+    batch = _llm(tiny_models["tiny-gqa"], -1, n_seq_max=3)
+    got = batch.ask_batch(contexts, queries, plans, max_tokens=MAX_TOKENS, ignore_eos=True)
+    batch.close()
+    assert [a.tokens for a in got] == ref
