@@ -10,6 +10,8 @@ at the steps before agree within LOGIT_TOL relative to their spread.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +120,21 @@ def test_gpu_batch_of_sequences_equals_one_at_a_time(tiny_models: dict[str, Path
     got = batch.ask_batch(contexts, queries, plans, max_tokens=MAX_TOKENS, ignore_eos=True)
     batch.close()
     assert [a.tokens for a in got] == ref
+
+
+def test_gpu_model_loads_with_numpy_imported_first(
+    tiny_models: dict[str, Path], child_env: dict[str, str]
+) -> None:
+    """numpy before cocktail_gguf leaves libstdc++ out of the global symbol scope: libggml-cuda must not
+    export its copies of libstdc++'s template instances (CMakeLists.txt), or model loading crashes."""
+    from children import CHILD_CWD
+
+    code = (
+        "import numpy, sys; from cocktail_gguf import Llama; "
+        f"llm = Llama({str(tiny_models['tiny-mha'])!r}, n_gpu_layers=-1, n_ctx=256, verbose=True); "
+        "print('loaded', llm.n_vocab())"
+    )
+    cmd = [sys.executable, "-c", code]
+    done = subprocess.run(cmd, cwd=CHILD_CWD, env=child_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert "loaded 512" in done.stdout
