@@ -308,6 +308,17 @@ def parse_mix(text: str) -> tuple[float, float, float]:
     return (mix[0], mix[1], mix[2])
 
 
+def _gpu_layers(text: str) -> int:
+    """argparse type: -1 (all layers) or a layer count."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not -1 (all layers) or a layer count")
+    return value
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     config = BenchConfig.from_args(args, (args.context_tokens,))
     if not Path(config.model).is_file():
@@ -350,7 +361,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", "-m", help="GGUF path (default: the embedded gemma-3-270m Q4_K_M)")
     p.add_argument("--context-tokens", type=_positive_int, default=4096, help="context length (tokens)")
     p.add_argument(
-        "--modes", type=parse_modes, default=DEFAULT_MODES, help="comma list (default: f16,q4,q2,cocktail)"
+        "--modes",
+        type=parse_modes,
+        default=DEFAULT_MODES,
+        help="comma list of f16, q4, q2, cocktail and llama.cpp's own quantized caches llama-q8_0, "
+        "llama-q4_0 (default: f16,q4,q2,cocktail)",
     )
     p.add_argument("--decode", "-n", type=_positive_int, default=32, help="tokens decoded per run")
     p.add_argument("--runs", type=_positive_int, default=1, help="runs per mode (median reported)")
@@ -363,5 +378,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", type=_positive_int, default=os.cpu_count() or 1, help="default: all cores")
     p.add_argument("--seed", type=int, default=0, help="filler text and cocktail chunk placement")
+    p.add_argument(
+        "--n-gpu-layers",
+        type=_gpu_layers,
+        default=0,
+        help="model layers on the GPU, their KV cache with them (-1: all; CUDA builds)",
+    )
+    p.add_argument(
+        "--flash-attn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flash attention on/off (default: llama.cpp's choice; the llama-* modes always use it)",
+    )
     p.add_argument("--json", action="store_true", help="the records as JSON (format: shared/BENCH.md)")
     p.set_defaults(func=_cmd_bench)

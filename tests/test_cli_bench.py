@@ -52,6 +52,23 @@ def test_bench_table(tiny_models: dict[str, Path], capsys: pytest.CaptureFixture
     assert "fixed plan" not in out  # cocktail's mix is only explained when it runs
 
 
+def test_bench_llama_quantized_caches(
+    tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """llama-q8_0 / llama-q4_0: llama.cpp's own quantized caches (flash attention), for comparison."""
+    argv = ["bench", "-m", str(tiny_models["tiny-mha"]), "--context-tokens", "64", "--decode", "2"]
+    assert main([*argv, "--modes", "f16,llama-q8_0,llama-q4_0", "--threads", "1", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)["records"]
+    kv = {r["kv_mode"]: r for r in records if r["metric"] == "decode_tokens_per_s"}
+    assert set(kv) == {"f16", "q8_0", "q4_0"}
+    for r in kv.values():
+        assert r["impl"] == "llama.cpp" and r["kv_bytes_regions"] == 0 and r["backend"] == "cpu"
+    # q8_0 = 34 bytes per 32 values, q4_0 = 18: the same cells, fewer bytes
+    assert kv["q4_0"]["kv_bytes"] < kv["q8_0"]["kv_bytes"] < kv["f16"]["kv_bytes"]
+    metrics = {(r["kv_mode"], r["metric"]) for r in records}
+    assert {("q4_0", "ms_per_token"), ("q8_0", "ms_per_token")} <= metrics
+
+
 @pytest.mark.parametrize(
     ("options", "named"),
     [
@@ -61,6 +78,8 @@ def test_bench_table(tiny_models: dict[str, Path], capsys: pytest.CaptureFixture
         (["--mix", "0.5,0.5"], "'0.5,0.5'"),
         (["--mix", "0.5,0.6,0.1"], "'0.5,0.6,0.1'"),
         (["--runs", "-2"], "'-2'"),
+        (["--n-gpu-layers", "-3"], "'-3'"),
+        (["--modes", "llama-q5_0"], "'llama-q5_0'"),
     ],
 )
 def test_bench_bad_option_exits_2(options: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
