@@ -61,7 +61,7 @@ def ask_batch_tokens(
     ignore_eos: bool = False,
 ) -> list[Answer]:
     """`Llama.ask_batch_tokens` (the defaults are `Llama.ask_stream`'s)."""
-    from .llama import KV_MODES, Answer, _first_stop
+    from .llama import KV_MODES, Answer, _first_stop, _stop_completed
 
     llm._check_open()
     n = len(context_ids)
@@ -168,8 +168,7 @@ def ask_batch_tokens(
             if len(outs[s]) >= max_tokens:
                 done[s] = True
             elif stops:
-                text = llm.detokenize(outs[s]).decode("utf-8", errors="replace")
-                done[s] = _first_stop(text, stops) >= 0
+                done[s] = _stop_completed(llm.detokenize, outs[s], stops)
         active = [s for s in range(n) if not done[s]]
         if not active:
             break

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,20 @@ def _first_stop(text: str, stops: list[str]) -> int:
     """Index where the earliest stop string starts in text, -1 if none does."""
     hits = [text.index(s) for s in stops if s and s in text]
     return min(hits) if hits else -1
+
+
+def _stop_completed(detokenize: Callable[[list[int]], bytes], tokens: list[int], stops: list[str]) -> bool:
+    """Whether the text of ``tokens`` holds a stop string, checked once per appended token: an occurrence that
+    was not there before ends in the last token, so only a tail of the tokens whose text is longer than the
+    longest stop (plus a few bytes, for a cut UTF-8 character or a stripped leading space) is detokenized,
+    not the whole answer at every step."""
+    need = 4 * max((len(s) for s in stops), default=0) + 8  # bytes: 4 per character at most, and a margin
+    start = len(tokens) - 1
+    text = detokenize(tokens[start:])
+    while start > 0 and len(text) < need:
+        start = max(0, start - max(1, len(tokens) - start))  # double the tail
+        text = detokenize(tokens[start:])
+    return _first_stop(text.decode("utf-8", errors="replace"), stops) >= 0
 
 
 class Llama(llama_cpp.Llama):
@@ -329,7 +343,7 @@ class Llama(llama_cpp.Llama):
                 del rows[len(tokens) :]
                 break
             tokens.append(token)
-            if stops and _first_stop(self.detokenize(tokens).decode("utf-8", errors="replace"), stops) >= 0:
+            if stops and _stop_completed(self.detokenize, tokens, stops):
                 break
             yield token
             self.eval([token])
