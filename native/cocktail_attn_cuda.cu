@@ -654,7 +654,23 @@ size_t scratch_bytes_per_split(const Params & p, int D) {
 
 namespace cocktail {
 
-std::shared_ptr<uint8_t> cuda_upload(const uint8_t * src, size_t bytes) {
+std::shared_ptr<uint8_t> cuda_upload(const uint8_t * src, size_t bytes, const void * near) {
+    // on the device of the layer's cache (several GPUs: each holds its layers), the current one restored after
+    cudaPointerAttributes attr{};
+    int                   current = 0;
+    cudaGetDevice(&current);
+    if (cudaError_t err = cudaPointerGetAttributes(&attr, near); err != cudaSuccess || attr.device < 0) {
+        cudaGetLastError();
+        throw std::runtime_error("the layer's cache is not in CUDA device memory");
+    }
+
+    struct DeviceGuard {
+        int device;
+
+        ~DeviceGuard() { cudaSetDevice(device); }
+    } guard{ current };
+
+    cudaSetDevice(attr.device);
     void * ptr = nullptr;
     if (cudaError_t err = cudaMalloc(&ptr, bytes); err != cudaSuccess) {
         cudaGetLastError();  // clear the recorded error: ggml checks cudaGetLastError() after its own calls
@@ -662,6 +678,7 @@ std::shared_ptr<uint8_t> cuda_upload(const uint8_t * src, size_t bytes) {
     }
     std::shared_ptr<uint8_t> out(static_cast<uint8_t *>(ptr), [](uint8_t * q) { cudaFree(q); });
     if (cudaError_t err = cudaMemcpy(ptr, src, bytes, cudaMemcpyHostToDevice); err != cudaSuccess) {
+        cudaGetLastError();
         throw std::runtime_error(std::string("copying a region to the GPU: ") + cudaGetErrorString(err));
     }
     return out;
@@ -669,8 +686,13 @@ std::shared_ptr<uint8_t> cuda_upload(const uint8_t * src, size_t bytes) {
 
 void cuda_download(uint8_t * dst, const uint8_t * src, size_t bytes) {
     if (cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost); err != cudaSuccess) {
+        cudaGetLastError();
         throw std::runtime_error(std::string("copying a region from the GPU: ") + cudaGetErrorString(err));
     }
+}
+
+void cuda_zero_async(void * dst, size_t bytes, void * stream) {
+    cudaMemsetAsync(dst, 0, bytes, static_cast<cudaStream_t>(stream));
 }
 
 size_t cuda_graph_attn_scratch(const CudaGraphAttn & call) {

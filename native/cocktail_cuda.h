@@ -11,8 +11,9 @@
 
 namespace cocktail {
 
-// Device memory holding a copy of `bytes` host bytes (bytes > 0). Throws std::runtime_error naming the CUDA error.
-std::shared_ptr<uint8_t> cuda_upload(const uint8_t * src, size_t bytes);
+// Memory on the CUDA device that holds `near` (a device pointer: the layer's cache) with a copy of `bytes` host
+// bytes (bytes > 0). Throws std::runtime_error naming the CUDA error.
+std::shared_ptr<uint8_t> cuda_upload(const uint8_t * src, size_t bytes, const void * near);
 
 // Copies `bytes` device bytes to host memory. Throws std::runtime_error naming the CUDA error.
 void cuda_download(uint8_t * dst, const uint8_t * src, size_t bytes);
@@ -36,6 +37,9 @@ struct CudaGraphAttn {
 
 // Scratch bytes cuda_graph_attn() uses for this call on the current device (0 without CUDA).
 size_t cuda_graph_attn_scratch(const CudaGraphAttn & call);
+
+// Zeroes `bytes` device bytes at dst on `stream` (a cudaStream_t), asynchronously (CUDA-graph capturable).
+void cuda_zero_async(void * dst, size_t bytes, void * stream);
 
 // Launches the attention kernels on `stream` (a cudaStream_t): no synchronization and no allocation, so it can be
 // captured in a CUDA graph. A smaller scratch than cuda_graph_attn_scratch() asks for means fewer token splits.

@@ -20,13 +20,15 @@ const char * const kNoCuda = "this library was built without CUDA (GGML_CUDA=off
 
 using cuda_stub_impl::kNoCuda;
 
-std::shared_ptr<uint8_t> cuda_upload(const uint8_t *, size_t) {
+std::shared_ptr<uint8_t> cuda_upload(const uint8_t *, size_t, const void *) {
     throw std::runtime_error(kNoCuda);
 }
 
 void cuda_download(uint8_t *, const uint8_t *, size_t) {
     throw std::runtime_error(kNoCuda);
 }
+
+void cuda_zero_async(void *, size_t, void *) {}
 
 size_t cuda_graph_attn_scratch(const CudaGraphAttn &) {
     return 0;

@@ -181,6 +181,7 @@ bool attn_mixed_regions_cuda_op(void * stream, ggml_tensor * dst, void * userdat
     const CudaGraphAttn call = cuda_call(*op, dst->src, dst);
     if (cuda_graph_attn(call, stream) != COCKTAIL_OK) {
         op->report(cocktail_last_error());
+        cuda_zero_async(dst->data, op->scratch_offset, stream);
     }
     return true;
 }
@@ -223,7 +224,10 @@ ggml_tensor * build_cuda_op(ggml_context * ctx0, LayerOp * op, ggml_tensor * (&s
     const int64_t n_floats        = static_cast<int64_t>((op->scratch_offset + scratch) / sizeof(float));
     ggml_tensor * cur =
         ggml_custom_4d(ctx0, GGML_TYPE_F32, n_floats, 1, 1, 1, src, 5, attn_mixed_regions_not_on_cuda, 1, op);
-    ggml_format_name(cur, "attn_mixed_regions_cuda-%d", op->il);
+    // the epoch in the name: ggml-cuda replays a captured CUDA graph when every node's bytes match, and a graph
+    // rebuilt after the regions changed could otherwise match the old one (same shapes, a LayerOp at the same
+    // address) while its kernels hold the old regions' pointers
+    ggml_format_name(cur, "attn_mixed_regions_cuda-%d-%llu", op->il, static_cast<unsigned long long>(current_epoch()));
     return ggml_view_2d(ctx0, cur, q->ne[0] * q->ne[1], q->ne[2], q->ne[0] * q->ne[1] * sizeof(float), 0);
 }
 

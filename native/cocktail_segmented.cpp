@@ -300,8 +300,9 @@ int compact(SegmentedCache & st) {
                     pack_region(p, COCKTAIL_KV_K, kb.data(), n, layer->n_head_kv, layer->head_dim, ks, n_threads);
                     pack_region(p, COCKTAIL_KV_V, vb.data(), n, layer->n_head_kv, layer->head_dim, vs, n_threads);
                 }
-                layer->k[p].set(std::move(kb), layer->on_device && bytes > 0);
-                layer->v[p].set(std::move(vb), layer->on_device && bytes > 0);
+                const void * near = layer->on_device ? views.k_storage->data : nullptr;
+                layer->k[p].set(std::move(kb), near);
+                layer->v[p].set(std::move(vb), near);
                 layer->regions[p] = { p, n, layer->k[p].data(), layer->v[p].data() };
             }
         }
@@ -334,14 +335,15 @@ int compact(SegmentedCache & st) {
 }  // namespace
 }  // namespace segmented_impl
 
-void RegionBuffer::set(std::vector<uint8_t> && bytes, bool device) {
+void RegionBuffer::set(std::vector<uint8_t> && bytes, const void * device_near) {
     clear();
-    if (device && !bytes.empty()) {
-        device_ = cuda_upload(bytes.data(), bytes.size());
+    const size_t n = bytes.size();
+    if (device_near != nullptr && n > 0) {
+        device_ = cuda_upload(bytes.data(), n, device_near);
     } else {
         host_ = std::move(bytes);
     }
-    size_ = bytes.size() + host_.size();  // one of the two is empty now
+    size_ = n;
 }
 
 void RegionBuffer::clear() {
@@ -754,8 +756,9 @@ int cocktail_state_set(struct llama_context * ctx, int32_t seq_id, const uint8_t
                               " is truncated or does not match the plan";
                     break;
                 }
-                l->k[p].set(std::vector<uint8_t>(k, k + k_size), l->on_device);
-                l->v[p].set(std::vector<uint8_t>(v, v + v_size), l->on_device);
+                const void * near = l->on_device ? l->k_storage->data : nullptr;
+                l->k[p].set(std::vector<uint8_t>(k, k + k_size), near);
+                l->v[p].set(std::vector<uint8_t>(v, v + v_size), near);
                 l->regions[p] = { p, n, l->k[p].data(), l->v[p].data() };
             }
             if (!problem.empty()) {

@@ -24,9 +24,10 @@ struct SegmentedCache;
 // The bytes of one region: in host memory, or in CUDA device memory for a layer whose cache is on the GPU.
 class RegionBuffer {
   public:
-    // Takes `bytes`; with `device` they are copied to the GPU and the host copy freed (throws std::runtime_error
-    // naming the CUDA error, or std::bad_alloc). The previous contents are released first.
-    void set(std::vector<uint8_t> && bytes, bool device);
+    // Takes `bytes`; with `device_near` (a device pointer: the layer's cache) they are copied to that GPU and the
+    // host copy freed (throws std::runtime_error naming the CUDA error, or std::bad_alloc). The previous
+    // contents are released first.
+    void set(std::vector<uint8_t> && bytes, const void * device_near);
     void clear();
 
     const uint8_t * data() const { return device_ ? device_.get() : host_.data(); }  // host or device pointer
