@@ -67,9 +67,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def add_llama_options(p: argparse.ArgumentParser) -> None:
-    """The options `llama_from_args` reads: model, Cocktail KV cache, threads, llama.cpp's log."""
+    """The options `llama_from_args` reads: model, Cocktail KV cache, threads, GPU layers, llama.cpp's log."""
     from .llama import KV_MODES
-    from .planner_cli import _number_in_unit, _positive_int
+    from .planner_cli import _gpu_layers, _number_in_unit, _positive_int
 
     p.add_argument("--model", "-m", help="GGUF path (default: the embedded gemma-3-270m Q4_K_M)")
     p.add_argument("--kv-mode", default="cocktail", choices=KV_MODES)
@@ -78,6 +78,13 @@ def add_llama_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=_number_in_unit, default=0.1, help="larger -> more F16 chunks")
     p.add_argument("--encoder", "-e", default=None, help="minilm (default) | minilm-gguf | bm25 | path")
     p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument(
+        "--n-gpu-layers",
+        "-ngl",
+        type=_gpu_layers,
+        default=0,
+        help="model layers on the GPU with their KV cache (-1 = all; CUDA builds; default 0)",
+    )
     p.add_argument("--verbose", action="store_true", help="llama.cpp's own log on stderr")
 
 
@@ -89,6 +96,7 @@ def llama_from_args(args: argparse.Namespace, model: str, n_ctx: int) -> Any:
         model,
         n_ctx=n_ctx,
         n_threads=args.threads,
+        n_gpu_layers=args.n_gpu_layers,
         kv_mode=args.kv_mode,
         chunk_size=args.chunk_size,
         alpha=args.alpha,

@@ -308,17 +308,6 @@ def parse_mix(text: str) -> tuple[float, float, float]:
     return (mix[0], mix[1], mix[2])
 
 
-def _gpu_layers(text: str) -> int:
-    """argparse type: -1 (all layers) or a layer count."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -2
-    if value < -1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not -1 (all layers) or a layer count")
-    return value
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     config = BenchConfig.from_args(args, (args.context_tokens,))
     if not Path(config.model).is_file():
@@ -349,7 +338,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Registers the `bench` subcommand."""
-    from .planner_cli import _positive_int
+    from .planner_cli import _gpu_layers, _positive_int
 
     p = sub.add_parser(
         "bench",

@@ -95,6 +95,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _gpu_layers(text: str) -> int:
+    """argparse type of --n-gpu-layers: -1 (all layers) or a layer count."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not -1 (all layers) or a layer count")
+    return value
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Registers the `plan` and `convert-encoder` subcommands."""
     p = sub.add_parser(

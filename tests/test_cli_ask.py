@@ -49,3 +49,35 @@ def test_ask_empty_query_is_an_error(tiny_models: dict[str, Path], tmp_path: Pat
         main(["ask", "-m", str(tiny_models["tiny-mha"]), "-c", str(ctx), "-q", " ", "--encoder", "bm25"]) == 2
     )
     assert "query=' '" in capsys.readouterr().err
+
+
+GPU_ARGV = {"ask": ["ask", "-m", "x.gguf", "-c", "c.txt", "-q", "q"], "chat": ["chat", "-m", "x.gguf"]}
+
+
+@pytest.mark.parametrize("command", ["ask", "chat"])
+def test_gpu_layers_option(
+    tiny_models: dict[str, Path],
+    command: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--n-gpu-layers / -ngl reaches the Llama (default 0: CPU); bad values are refused, named."""
+    from cocktail_gguf import cli, llama
+
+    argv = GPU_ARGV[command]
+    args = cli.build_parser().parse_args([*argv, "-ngl", "-1"])
+    assert args.n_gpu_layers == -1
+    assert cli.build_parser().parse_args(argv).n_gpu_layers == 0
+    seen: dict[str, object] = {}
+
+    class Spy(llama.Llama):
+        def __init__(self, *a: object, **kw: object) -> None:
+            seen.update(kw)
+            super().__init__(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(llama, "Llama", Spy)
+    cli.llama_from_args(args, str(tiny_models["tiny-mha"]), 256).close()
+    assert seen["n_gpu_layers"] == -1
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser().parse_args([*argv, "--n-gpu-layers", "-4"])
+    assert exc.value.code == 2 and "'-4'" in capsys.readouterr().err
