@@ -2,6 +2,8 @@
 # Run ON the GPU machine (the device tool), from the repo root, carrying .bundle and .whl (bench/device/make_bundle.sh):
 # the CUDA build, the segmented cache's GPU tests, then bench/tpot_gpu.py (decode speed at long context).
 # Usage: COMMIT=<sha> [CASES="llama2-7b:32768 llama3-8b:65536"] [MODES=cocktail,f16,llama-q4_0] [LIMIT=200]
+#        (the issue's whole matrix: CASES="llama2-7b:32768 llama3-8b:65536 llama2-7b:8192 llama3-8b:32768"
+#         MODES=cocktail,f16,llama-q4_0,q2,q4 LIMIT=900: about 8 min of bench after the build, over 2 calls)
 #        [TESTS="tests/..."] bash bench/device/tpot_gpu.sh        → $OUT/tpot_gpu.{json,md}, $OUT/pytest.log
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
