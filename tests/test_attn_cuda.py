@@ -10,19 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import test_attn_mixed_regions as cpu
+from cuda_env import needs_cuda
 
 from cocktail_gguf import _native, native_ops
-
-
-def _cuda_ready() -> str | None:
-    if not _native.build_info().get("cuda"):
-        return "library built without CUDA"
-    if not any(d.get("type") == "gpu" or "CUDA" in str(d.get("name", "")) for d in _native.devices()):
-        return "no CUDA device visible"
-    return None
-
-
-needs_cuda = pytest.mark.skipif(_cuda_ready() is not None, reason=str(_cuda_ready()))
 
 
 def _cuda(b: cpu.Built, c: cpu.Case, regions: list[native_ops.PackedRegion]) -> np.ndarray:

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cuda_env import needs_cuda
 
-from cocktail_gguf import Llama, _native
+from cocktail_gguf import Llama
 from cocktail_gguf.plan import Plan
 
 CHUNK = 16
@@ -27,15 +28,7 @@ MAX_TOKENS = 12
 LOGIT_TOL = 0.02  # max |logit difference| / std(logits)
 
 
-def _cuda_problem() -> str | None:
-    if not _native.build_info().get("cuda"):
-        return "library built without CUDA"
-    if not any("CUDA" in str(d.get("name", "")) for d in _native.devices()):
-        return "no CUDA device visible"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_cuda_problem() is not None, reason=str(_cuda_problem()))
+pytestmark = needs_cuda
 
 
 def _words(n: int, seed: int) -> str:
