@@ -63,9 +63,15 @@ def pack_region(
     src: np.ndarray,
     cells: Sequence[int] | np.ndarray,
     n_threads: int = 1,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Gathers src[:, cells, :] (float16, shape (n_head_kv, n_cells, head_dim), any non-negative strides)
-    into a packed region buffer (uint8)."""
+    into a packed region buffer (uint8).
+
+    device: "cpu" (n_threads threads) or "cuda" (the GPU pack of compaction, on the current GPU; the same bytes).
+    """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} is not 'cpu' or 'cuda'")
     if src.dtype != np.float16 or src.ndim != 3:
         raise ValueError(f"src must be float16 (n_head_kv, n_cells, head_dim), got {src.dtype} {src.shape}")
     nb_head, nb_token, nb_channel = _strides(src, "src")
@@ -76,25 +82,25 @@ def pack_region(
     n_tokens = int(cells_arr.shape[0])
     size = region_bytes(precision, part, n_tokens, n_head_kv, head_dim)
     dst = np.zeros(max(size, 1), dtype=np.uint8)
-    check(
-        lib().cocktail_pack_region(
-            _precision(precision),
-            _part(part),
-            _ptr(dst),
-            size,
-            n_tokens,
-            n_head_kv,
-            head_dim,
-            _ptr(src),
-            nb_token,
-            nb_channel,
-            nb_head,
-            n_cells,
-            _ptr(cells_arr, "const int *"),
-            n_threads,
-        ),
-        "cocktail_pack_region",
+    args = (
+        _precision(precision),
+        _part(part),
+        _ptr(dst),
+        size,
+        n_tokens,
+        n_head_kv,
+        head_dim,
+        _ptr(src),
+        nb_token,
+        nb_channel,
+        nb_head,
+        n_cells,
+        _ptr(cells_arr, "const int *"),
     )
+    if device == "cuda":
+        check(lib().cocktail_pack_region_cuda(*args), "cocktail_pack_region_cuda")
+    else:
+        check(lib().cocktail_pack_region(*args, n_threads), "cocktail_pack_region")
     return dst[:size]
 
 

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace cocktail::cuda_impl {
@@ -68,95 +69,200 @@ __device__ __forceinline__ float warp_sum(float x) {
     return x;
 }
 
-// Code of element e (0..31) of a packed group of 32 (Q4: 16 bytes, Q2: 8 bytes; layout in native/README.md).
-template <int kind> __device__ __forceinline__ int code_of(const uint8_t * codes, int e) {
-    if constexpr (kind == kQ4) {
-        return (codes[e & 15] >> ((e >> 4) * 4)) & 15;
-    } else {
-        return (codes[e & 7] >> ((e >> 3) * 2)) & 3;
-    }
-}
-
 // Bytes of one (head, 32-token block) of a Q4 / Q2 region (native/README.md: 20*D, 12*D).
 template <int D, int kind> __device__ constexpr size_t block_bytes() {
     return kind == kQ4 ? 20 * D : 12 * D;
 }
 
-// Score of this lane's token (t = unit token `lane`) against the GS query rows in sq, for a segment kind.
-template <int D, int GS, int kind>
-__device__ __forceinline__ void
-unit_scores(const Params & p, const Segment & s, int h_kv, int unit, int lane, const float * sq, float (&score)[GS]) {
-    const int t = unit * kUnit + lane;
-#pragma unroll
-    for (int g = 0; g < GS; ++g) {
-        score[g] = 0.0f;
-    }
-    if (t >= s.n_tokens) {
-        return;
-    }
-    if constexpr (kind == kTail) {  // any strides: 2-byte loads
-        const uint8_t * row = s.k + t * p.tk_nb_token + h_kv * p.tk_nb_head;
-        for (int d = 0; d < D; ++d) {
-            const float kv = h2f(row + 2 * d);
-#pragma unroll
-            for (int g = 0; g < GS; ++g) {
-                score[g] = fmaf(sq[g * D + d], kv, score[g]);
-            }
-        }
-    } else if constexpr (kind == kF16) {  // [head][token][D] rows from a 256-byte aligned buffer: 16-byte loads
-        const uint8_t * row = s.k + (static_cast<size_t>(h_kv) * s.n_tokens + t) * D * 2;
-        for (int d0 = 0; d0 < D; d0 += 8) {
-            const uint4    raw = *reinterpret_cast<const uint4 *>(row + d0 * 2);
-            const __half * hv  = reinterpret_cast<const __half *>(&raw);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const float kv = __half2float(hv[j]);
-#pragma unroll
-                for (int g = 0; g < GS; ++g) {
-                    score[g] = fmaf(sq[g * D + d0 + j], kv, score[g]);
-                }
-            }
-        }
+// Byte b (0..3, a code < 256) of x as an exact float: the byte goes under the exponent of 2^23, then 2^23 is
+// subtracted (two full-rate instructions instead of a quarter-rate integer conversion).
+template <int b> __device__ __forceinline__ float byte_code(uint32_t x) {
+    return __int_as_float(__byte_perm(x, 0x4B000000u, 0x7440 | b)) - 8388608.0f;
+}
+
+// N consecutive fp16 values from p (aligned to 2*N bytes) as floats, in one load.
+template <int N> __device__ __forceinline__ void load_halves(const uint8_t * p, float (&out)[N]) {
+    static_assert(N == 1 || N == 2 || N == 4 || N == 8, "1, 2, 4 or 8 halves");
+    if constexpr (N == 1) {
+        out[0] = h2f(p);
     } else {
-        const int       n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
-        const uint8_t * base     = s.k + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>();
-        const uint8_t * codes    = base + 4 * D;
-        constexpr int   kBytes   = kind == kQ4 ? 16 : 8;
-        for (int d = 0; d < D; ++d) {
-            const float kv = h2f(base + 2 * (D + d)) + h2f(base + 2 * d) * code_of<kind>(codes + d * kBytes, lane);
+        using Word          = std::conditional_t<N == 2, uint32_t, std::conditional_t<N == 4, uint2, uint4>>;
+        const Word      raw = *reinterpret_cast<const Word *>(p);
+        const __half2 * h   = reinterpret_cast<const __half2 *>(&raw);
 #pragma unroll
-            for (int g = 0; g < GS; ++g) {
-                score[g] = fmaf(sq[g * D + d], kv, score[g]);
-            }
+        for (int i = 0; i < N / 2; ++i) {
+            const float2 f = __half22float2(h[i]);
+            out[2 * i]     = f.x;
+            out[2 * i + 1] = f.y;
         }
     }
 }
 
-// V element of channel d of unit token tt.
-template <int D, int kind>
-__device__ __forceinline__ float v_at(const Params & p, const Segment & s, int h_kv, int unit, int tt, int d) {
-    const int t = unit * kUnit + tt;
-    if constexpr (kind == kF16) {
-        return h2f(s.v + ((static_cast<size_t>(h_kv) * s.n_tokens + t) * D + d) * 2);
-    } else if constexpr (kind == kTail) {
-        return h2f(s.v + t * p.tv_nb_token + d * p.tv_nb_channel + h_kv * p.tv_nb_head);
-    } else {
-        constexpr int   kGroups  = D / 32;
-        constexpr int   kBytes   = kind == kQ4 ? 16 : 8;
-        const int       n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
-        const uint8_t * base     = s.v + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>();
-        const int       gi       = d / 32;
-        const float     sc       = h2f(base + 2 * (tt * kGroups + gi));
-        const float     mn       = h2f(base + 2 * D + 2 * (tt * kGroups + gi));
-        return mn + sc * code_of<kind>(base + 4 * D + (tt * kGroups + gi) * kBytes, d % 32);
+// v[j] (j < 8) is this lane's share of token j's score; the eight lanes of an aligned group swap halves three times
+// (xor 4, 2, 1) so that lane r of the group ends with the sum over the group of v[r].
+__device__ __forceinline__ float reduce_scatter8(float (&v)[8], int r) {
+#pragma unroll
+    for (int half = 4; half >= 1; half >>= 1) {
+        const bool upper = (r & half) != 0;
+#pragma unroll
+        for (int j = 0; j < half; ++j) {
+            const float send = upper ? v[j] : v[j + half];
+            const float keep = upper ? v[j + half] : v[j];
+            v[j]             = keep + __shfl_xor_sync(0xffffffffu, send, half);
+        }
     }
+    return v[0];
 }
 
+// Shared memory of one block: the scaled query rows, and per warp the query folded with the unit's K scales and the
+// unit's probabilities folded with V's scales and mins; the warps' partial outputs reuse the tables at the end.
+template <int D, int GS> struct Shared {
+    static constexpr int kGroups = D / 32;  // V groups of 32 channels
+
+    float sq[GS * D];                       // [g][channel]
+
+    union {
+        struct {
+            float qs[kWarps][D * GS];                     // [channel][g]: q * K scale of this unit
+            float psm[kWarps][kUnit * kGroups * 2 * GS];  // [token][V group][p*s for g..., p*m for g...]
+        } t;
+
+        float acc[kWarps][GS * D];  // [g][channel]
+    };
+};
+
+// Lane roles inside a warp (native/README.md layouts):
+//  scores: lane = 8*G + r; lanes of group G take tokens 8G..8G+7 of the unit, lane r of a group the channels
+//          r, r+8, ... (quantized K: its 8 bytes of each channel's packed codes; F16 K: 16-byte slices). After a
+//          reduce-scatter lane l holds token l's score.
+//  values: lane = slot*4*kGroups + 4*gi + s; a lane owns 8 channels of V group gi, 32*gi + 4s + {0..3} and
+//          32*gi + 16 + 4s + {0..3} (one 4-byte word of a token's Q4 codes, or the matching Q2 bits), for the
+//          unit's tokens slot, slot + 32/(4*kGroups), ...
 template <int D, int GS> struct WarpState {
     float m[GS];
     float l[GS];
-    float acc[GS][D / 32];  // lane owns channels lane + 32 * i
+    float acc[GS][8];  // this lane's 8 V channels
+    float macc[GS];    // sum of p * V min of this lane's group (added to the 8 channels at the end)
 };
+
+// Score of token `lane` of the unit against the GS query rows (before the mask).
+template <int D, int GS, int kind>
+__device__ __forceinline__ void unit_scores(const Params &  p,
+                                            const Segment & s,
+                                            int             h_kv,
+                                            int             unit,
+                                            int             lane,
+                                            const float *   sq,
+                                            float *         qs_tab,
+                                            float (&score)[GS]) {
+    const int G = lane >> 3, r = lane & 7;
+    float     acc[GS][8];
+#pragma unroll
+    for (int g = 0; g < GS; ++g) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            acc[g][j] = 0.0f;
+        }
+    }
+    if constexpr (kind == kQ4 || kind == kQ2) {
+        // q.k = sum_d (q_d * scale_d) * code_d + sum_d q_d * min_d: scales folded into the query once per unit
+        constexpr int   kCpl     = D / 32;  // channels per lane in the fold
+        constexpr int   kBytes   = kind == kQ4 ? 16 : 8;
+        const int       n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
+        const uint8_t * base     = s.k + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>();
+        float           sc[kCpl], mn[kCpl], bias[GS];
+        load_halves<kCpl>(base + 2 * lane * kCpl, sc);
+        load_halves<kCpl>(base + 2 * D + 2 * lane * kCpl, mn);
+#pragma unroll
+        for (int g = 0; g < GS; ++g) {
+            bias[g] = 0.0f;
+        }
+#pragma unroll
+        for (int i = 0; i < kCpl; ++i) {
+            const int c = lane * kCpl + i;
+#pragma unroll
+            for (int g = 0; g < GS; ++g) {
+                const float qv     = sq[g * D + c];
+                qs_tab[c * GS + g] = qv * sc[i];
+                bias[g]            = fmaf(qv, mn[i], bias[g]);
+            }
+        }
+        __syncwarp();
+        // Q4: bytes 0-7 / 8-15 of a channel hold tokens 0-7 / 8-15 (low nibble) and 16-23 / 24-31 (high nibble);
+        // Q2: bytes 0-7 hold tokens 0-7, 8-15, 16-23, 24-31 at shifts 0, 2, 4, 6
+        const uint8_t * codes = base + 4 * D + (kind == kQ4 ? (G & 1) * 8 : 0);
+        const int       shift = kind == kQ4 ? (G >> 1) * 4 : 2 * G;
+        const uint32_t  mask  = kind == kQ4 ? 0x0F0F0F0Fu : 0x03030303u;
+#pragma unroll
+        for (int k = 0; k < D / 8; ++k) {
+            const int      c  = r + 8 * k;
+            const uint2    w  = *reinterpret_cast<const uint2 *>(codes + c * kBytes);
+            const uint32_t x0 = (w.x >> shift) & mask, x1 = (w.y >> shift) & mask;
+            float          qv[GS];
+#pragma unroll
+            for (int g = 0; g < GS; ++g) {
+                qv[g] = qs_tab[c * GS + g];
+            }
+            const float f[8] = { byte_code<0>(x0), byte_code<1>(x0), byte_code<2>(x0), byte_code<3>(x0),
+                                 byte_code<0>(x1), byte_code<1>(x1), byte_code<2>(x1), byte_code<3>(x1) };
+#pragma unroll
+            for (int g = 0; g < GS; ++g) {
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    acc[g][j] = fmaf(qv[g], f[j], acc[g][j]);
+                }
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < GS; ++g) {
+            score[g] = reduce_scatter8(acc[g], r) + warp_sum(bias[g]);
+        }
+    } else {
+        // F16 region ([head][token][D] rows, 16-byte slices) or the tail (any strides, 2-byte loads)
+#pragma unroll
+        for (int k = 0; k < (D + 63) / 64; ++k) {
+            const int sl = r + 8 * k;  // this lane's slice of 8 channels
+            if (8 * sl < D) {
+                float qv[GS][8];
+#pragma unroll
+                for (int g = 0; g < GS; ++g) {
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) {
+                        qv[g][i] = sq[g * D + 8 * sl + i];
+                    }
+                }
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    const int t = unit * kUnit + 8 * G + j;
+                    if (t >= s.n_tokens) {
+                        continue;
+                    }
+                    float kv[8];
+                    if constexpr (kind == kF16) {
+                        load_halves<8>(s.k + ((static_cast<size_t>(h_kv) * s.n_tokens + t) * D + 8 * sl) * 2, kv);
+                    } else {
+                        const uint8_t * row = s.k + t * p.tk_nb_token + h_kv * p.tk_nb_head + 16 * sl;
+#pragma unroll
+                        for (int i = 0; i < 8; ++i) {
+                            kv[i] = h2f(row + 2 * i);
+                        }
+                    }
+#pragma unroll
+                    for (int g = 0; g < GS; ++g) {
+#pragma unroll
+                        for (int i = 0; i < 8; ++i) {
+                            acc[g][j] = fmaf(qv[g][i], kv[i], acc[g][j]);
+                        }
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < GS; ++g) {
+            score[g] = reduce_scatter8(acc[g], r);
+        }
+    }
+}
 
 template <int D, int GS, int kind>
 __device__ void unit_update(const Params &     p,
@@ -167,9 +273,32 @@ __device__ void unit_update(const Params &     p,
                             int                lane,
                             int                n_g,
                             const float *      sq,
+                            float *            qs_tab,
+                            float *            psm_tab,
                             WarpState<D, GS> & w) {
+    constexpr int   kGroups        = D / 32;
+    constexpr bool  kQuant         = kind == kQ4 || kind == kQ2;
+    constexpr int   kLanesPerToken = 4 * kGroups;
+    constexpr int   kTokensPerStep = 32 / kLanesPerToken;
+    constexpr int   kSteps         = kUnit / kTokensPerStep;
+    const int       slot = lane / kLanesPerToken, gi = (lane % kLanesPerToken) / 4, s4 = lane % 4;
+    const int       n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
+    const uint8_t * vbase =
+        kQuant ? s.v + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>() : nullptr;
+    // this lane's V code words of the unit, loaded before the scores so that both streams are in flight together
+    uint32_t vword[kQuant ? kSteps : 1];
+    if constexpr (kQuant) {
+#pragma unroll
+        for (int k = 0; k < kSteps; ++k) {
+            const int tt = slot + kTokensPerStep * k;
+            vword[k] = kind == kQ4 ?
+                           *reinterpret_cast<const uint32_t *>(vbase + 4 * D + (tt * kGroups + gi) * 16 + 4 * s4) :
+                           *reinterpret_cast<const uint32_t *>(vbase + 4 * D + (tt * kGroups + gi) * 8 + 4 * (s4 & 1));
+        }
+    }
+    __syncwarp();  // the previous unit's reads of this warp's tables are done
     float score[GS];
-    unit_scores<D, GS, kind>(p, s, h_kv, unit, lane, sq, score);
+    unit_scores<D, GS, kind>(p, s, h_kv, unit, lane, sq, qs_tab, score);
     const int t       = unit * kUnit + lane;
     bool      visible = t < s.n_tokens;
     float     bias    = 0.0f;
@@ -178,8 +307,8 @@ __device__ void unit_update(const Params &     p,
         bias                = p.mask_f16 ? h2f(row + 2 * t) : reinterpret_cast<const float *>(row)[t];
         visible             = bias != -INFINITY;
     }
-    const int n_valid = min(kUnit, s.n_tokens - unit * kUnit);
-    float     prob[GS];
+    float prob[GS];
+    bool  any = false;
 #pragma unroll
     for (int g = 0; g < GS; ++g) {
         const float sc   = visible ? score[g] + bias : -INFINITY;
@@ -192,59 +321,103 @@ __device__ void unit_update(const Params &     p,
         const float corr = w.m[g] == -INFINITY ? 0.0f : expf(w.m[g] - mmax);
         w.l[g]           = w.l[g] * corr + warp_sum(prob[g]);
         w.m[g]           = mmax;
+        w.macc[g] *= corr;
 #pragma unroll
-        for (int i = 0; i < D / 32; ++i) {
+        for (int i = 0; i < 8; ++i) {
             w.acc[g][i] *= corr;
         }
+        any = any || prob[g] != 0.0f;
     }
-    // V: scales and mins of the unit's 32 tokens are loaded once (lane t holds token t's), then shuffled
-    constexpr bool  kQuant  = kind == kQ4 || kind == kQ2;
-    constexpr int   kGroups = D / 32;
-    float           vs[kGroups], vm[kGroups];
-    const uint8_t * vbase = nullptr;
-    if constexpr (kQuant) {
-        const int n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
-        vbase              = s.v + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>();
-#pragma unroll
-        for (int i = 0; i < kGroups; ++i) {
-            vs[i] = h2f(vbase + 2 * (lane * kGroups + i));
-            vm[i] = h2f(vbase + 2 * D + 2 * (lane * kGroups + i));
-        }
+    if (!__any_sync(0xffffffffu, any)) {
+        return;
     }
-    for (int tt = 0; tt < n_valid; ++tt) {
-        float pt[GS];
-        bool  any = false;
+    // this lane's token: p * scale and p * min of each V group (F16 / tail: p and 0), for the value lanes
+    {
+        float vs[kGroups], vm[kGroups];
+        if constexpr (kQuant) {
+            load_halves<kGroups>(vbase + 2 * lane * kGroups, vs);
+            load_halves<kGroups>(vbase + 2 * D + 2 * lane * kGroups, vm);
+        } else {
 #pragma unroll
-        for (int g = 0; g < GS; ++g) {
-            pt[g] = __shfl_sync(0xffffffffu, prob[g], tt);
-            any   = any || pt[g] != 0.0f;
-        }
-        if (!any) {  // uniform across the warp
-            continue;
-        }
-#pragma unroll
-        for (int i = 0; i < kGroups; ++i) {
-            float v;
-            if constexpr (kQuant) {
-                constexpr int kBytes = kind == kQ4 ? 16 : 8;
-                const float   sc     = __shfl_sync(0xffffffffu, vs[i], tt);
-                const float   mn     = __shfl_sync(0xffffffffu, vm[i], tt);
-                v                    = mn + sc * code_of<kind>(vbase + 4 * D + (tt * kGroups + i) * kBytes, lane);
-            } else {
-                v = v_at<D, kind>(p, s, h_kv, unit, tt, lane + 32 * i);
+            for (int gi = 0; gi < kGroups; ++gi) {
+                vs[gi] = 1.0f;
+                vm[gi] = 0.0f;
             }
+        }
+        float * e = psm_tab + lane * kGroups * 2 * GS;
+#pragma unroll
+        for (int gi = 0; gi < kGroups; ++gi) {
 #pragma unroll
             for (int g = 0; g < GS; ++g) {
-                w.acc[g][i] = fmaf(pt[g], v, w.acc[g][i]);
+                e[gi * 2 * GS + g]      = prob[g] * vs[gi];
+                e[gi * 2 * GS + GS + g] = prob[g] * vm[gi];
+            }
+        }
+    }
+    __syncwarp();
+    const int ch0 = 32 * gi + 4 * s4;  // channels ch0 + {0..3} and ch0 + 16 + {0..3}
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) {
+        const int     tt = slot + kTokensPerStep * k;
+        const float * e  = psm_tab + (tt * kGroups + gi) * 2 * GS;
+        float         ps[GS];
+#pragma unroll
+        for (int g = 0; g < GS; ++g) {
+            ps[g] = e[g];
+        }
+        float v[8];
+        if constexpr (kQuant) {
+            uint32_t lo, hi;
+            if constexpr (kind == kQ4) {  // byte j of a token's group: channel j (low nibble), j + 16 (high)
+                lo = vword[k] & 0x0F0F0F0Fu;
+                hi = (vword[k] >> 4) & 0x0F0F0F0Fu;
+            } else {  // byte j: channels j, j + 8, j + 16, j + 24 at shifts 0, 2, 4, 6
+                const int sh = 2 * (s4 >> 1);
+                lo           = (vword[k] >> sh) & 0x03030303u;
+                hi           = (vword[k] >> (sh + 4)) & 0x03030303u;
+            }
+            v[0] = byte_code<0>(lo), v[1] = byte_code<1>(lo), v[2] = byte_code<2>(lo), v[3] = byte_code<3>(lo);
+            v[4] = byte_code<0>(hi), v[5] = byte_code<1>(hi), v[6] = byte_code<2>(hi), v[7] = byte_code<3>(hi);
+#pragma unroll
+            for (int g = 0; g < GS; ++g) {
+                w.macc[g] += e[GS + g];
+            }
+        } else {
+            const int t_abs = unit * kUnit + tt;
+            if (t_abs >= s.n_tokens) {
+                continue;
+            }
+            if constexpr (kind == kF16) {
+                const uint8_t * row = s.v + (static_cast<size_t>(h_kv) * s.n_tokens + t_abs) * D * 2;
+                float           a[4], b[4];
+                load_halves<4>(row + 2 * ch0, a);
+                load_halves<4>(row + 2 * (ch0 + 16), b);
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    v[i]     = a[i];
+                    v[4 + i] = b[i];
+                }
+            } else {
+                const uint8_t * row = s.v + t_abs * p.tv_nb_token + h_kv * p.tv_nb_head;
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    v[i]     = h2f(row + (ch0 + i) * p.tv_nb_channel);
+                    v[4 + i] = h2f(row + (ch0 + 16 + i) * p.tv_nb_channel);
+                }
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < GS; ++g) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                w.acc[g][i] = fmaf(ps[g], v[i], w.acc[g][i]);
             }
         }
     }
 }
 
-template <int D, int GS> __global__ void __launch_bounds__(kWarps * 32) attn_partial(const Params p) {
-    __shared__ float sq[GS * D];
-    __shared__ float s_m[kWarps][GS], s_l[kWarps][GS];
-    __shared__ float s_acc[kWarps][GS][D];
+template <int D, int GS> __global__ void __launch_bounds__(kWarps * 32, GS >= 4 ? 3 : 4) attn_partial(const Params p) {
+    __shared__ Shared<D, GS> sh;
 
     const int qi = blockIdx.z, split = blockIdx.y;
     const int h_kv = blockIdx.x / p.n_gblocks, gb = blockIdx.x % p.n_gblocks;
@@ -253,25 +426,28 @@ template <int D, int GS> __global__ void __launch_bounds__(kWarps * 32) attn_par
 
     for (int i = threadIdx.x; i < GS * D; i += blockDim.x) {
         const int g = i / D, d = i % D;
-        sq[i] = g < n_g ?
-                    p.scale * *reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(p.q) +
-                                                               qi * p.q_nb_token + (h0 + g) * p.q_nb_head + 4 * d) :
-                    0.0f;
+        sh.sq[i] = g < n_g ?
+                       p.scale * *reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(p.q) +
+                                                                  qi * p.q_nb_token + (h0 + g) * p.q_nb_head + 4 * d) :
+                       0.0f;
     }
     __syncthreads();
 
     WarpState<D, GS> w;
 #pragma unroll
     for (int g = 0; g < GS; ++g) {
-        w.m[g] = -INFINITY;
-        w.l[g] = 0.0f;
+        w.m[g]    = -INFINITY;
+        w.l[g]    = 0.0f;
+        w.macc[g] = 0.0f;
 #pragma unroll
-        for (int i = 0; i < D / 32; ++i) {
+        for (int i = 0; i < 8; ++i) {
             w.acc[g][i] = 0.0f;
         }
     }
-    const int u_end = min(p.n_units, (split + 1) * p.units_per_split);
-    const int q_seq = p.q_seq != nullptr ? p.q_seq[qi] : -1;
+    float *   qs_tab  = sh.t.qs[warp];
+    float *   psm_tab = sh.t.psm[warp];
+    const int u_end   = min(p.n_units, (split + 1) * p.units_per_split);
+    const int q_seq   = p.q_seq != nullptr ? p.q_seq[qi] : -1;
     for (int u = split * p.units_per_split + warp; u < u_end; u += kWarps) {
         int si = 0;
         while (si + 1 < p.n_segments && p.seg[si + 1].unit0 <= u) {
@@ -284,19 +460,34 @@ template <int D, int GS> __global__ void __launch_bounds__(kWarps * 32) attn_par
         }
         switch (s.kind) {
             case kF16:
-                unit_update<D, GS, kF16>(p, s, qi, h_kv, unit, lane, n_g, sq, w);
+                unit_update<D, GS, kF16>(p, s, qi, h_kv, unit, lane, n_g, sh.sq, qs_tab, psm_tab, w);
                 break;
             case kQ4:
-                unit_update<D, GS, kQ4>(p, s, qi, h_kv, unit, lane, n_g, sq, w);
+                unit_update<D, GS, kQ4>(p, s, qi, h_kv, unit, lane, n_g, sh.sq, qs_tab, psm_tab, w);
                 break;
             case kQ2:
-                unit_update<D, GS, kQ2>(p, s, qi, h_kv, unit, lane, n_g, sq, w);
+                unit_update<D, GS, kQ2>(p, s, qi, h_kv, unit, lane, n_g, sh.sq, qs_tab, psm_tab, w);
                 break;
             default:
-                unit_update<D, GS, kTail>(p, s, qi, h_kv, unit, lane, n_g, sq, w);
+                unit_update<D, GS, kTail>(p, s, qi, h_kv, unit, lane, n_g, sh.sq, qs_tab, psm_tab, w);
                 break;
         }
     }
+    // the lanes that own the same channels (other token slots) add up; the tables become the output buffer
+    constexpr int kLanesPerToken = 4 * (D / 32);
+#pragma unroll
+    for (int o = kLanesPerToken; o < 32; o <<= 1) {
+#pragma unroll
+        for (int g = 0; g < GS; ++g) {
+            w.macc[g] += __shfl_xor_sync(0xffffffffu, w.macc[g], o);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                w.acc[g][i] += __shfl_xor_sync(0xffffffffu, w.acc[g][i], o);
+            }
+        }
+    }
+    __shared__ float s_m[kWarps][GS], s_l[kWarps][GS];
+    __syncthreads();  // every warp is done with its tables
     if (lane == 0) {
 #pragma unroll
         for (int g = 0; g < GS; ++g) {
@@ -304,11 +495,15 @@ template <int D, int GS> __global__ void __launch_bounds__(kWarps * 32) attn_par
             s_l[warp][g] = w.l[g];
         }
     }
+    if (lane < kLanesPerToken) {
+        const int ch0 = 32 * (lane / 4) + 4 * (lane % 4);
 #pragma unroll
-    for (int g = 0; g < GS; ++g) {
+        for (int g = 0; g < GS; ++g) {
 #pragma unroll
-        for (int i = 0; i < D / 32; ++i) {
-            s_acc[warp][g][lane + 32 * i] = w.acc[g][i];
+            for (int i = 0; i < 4; ++i) {
+                sh.acc[warp][g * D + ch0 + i]      = w.acc[g][i] + w.macc[g];
+                sh.acc[warp][g * D + ch0 + 16 + i] = w.acc[g][4 + i] + w.macc[g];
+            }
         }
     }
     __syncthreads();
@@ -323,7 +518,7 @@ template <int D, int GS> __global__ void __launch_bounds__(kWarps * 32) attn_par
             for (int k = 0; k < kWarps; ++k) {
                 const float f = s_m[k][g] == -INFINITY ? 0.0f : expf(s_m[k][g] - mmax);
                 l += s_l[k][g] * f;
-                acc += s_acc[k][g][d] * f;
+                acc += sh.acc[k][g * D + d] * f;
             }
         }
         const size_t row        = (static_cast<size_t>(qi) * p.n_head + h0 + g) * p.n_splits + split;
@@ -370,10 +565,16 @@ template <int D, int GS> void launch(const Params & p, dim3 grid, cudaStream_t s
     attn_partial<D, GS><<<grid, kWarps * 32, 0, stream>>>(p);
 }
 
-// Query heads per block: the GQA group rounded up to a power of two, at most 8 and at most what the register
-// budget allows (GS * D / 32 accumulators per lane <= 64).
+// Query heads per block: the GQA group rounded up to a power of two, at most 4 and at most 512 / D (registers: 16
+// score and value accumulators per query head and lane; shared memory: the per-warp tables grow with GS * D).
+constexpr int kMaxGs = 4;
+
+constexpr int max_group_size(int D) {
+    return 512 / D < kMaxGs ? 512 / D : kMaxGs;
+}
+
 int group_size(int group, int D) {
-    const int cap = std::min(8, 64 / (D / 32));
+    const int cap = max_group_size(D);
     int       gs  = 1;
     while (gs < group && gs < cap) {
         gs *= 2;
@@ -389,12 +590,9 @@ template <int D> void launch_d(const Params & p, int gs, dim3 grid, cudaStream_t
         case 2:
             launch<D, 2>(p, grid, stream);
             break;
-        case 4:
-            launch<D, 4>(p, grid, stream);
-            break;
         default:
-            if constexpr (D <= 256) {
-                launch<D, 8>(p, grid, stream);
+            if constexpr (max_group_size(D) >= 4) {
+                launch<D, 4>(p, grid, stream);
             }
             break;
     }
@@ -653,47 +851,6 @@ size_t scratch_bytes_per_split(const Params & p, int D) {
 }  // namespace cocktail::cuda_impl
 
 namespace cocktail {
-
-std::shared_ptr<uint8_t> cuda_upload(const uint8_t * src, size_t bytes, const void * near) {
-    // on the device of the layer's cache (several GPUs: each holds its layers), the current one restored after
-    cudaPointerAttributes attr{};
-    int                   current = 0;
-    cudaGetDevice(&current);
-    if (cudaError_t err = cudaPointerGetAttributes(&attr, near); err != cudaSuccess || attr.device < 0) {
-        cudaGetLastError();
-        throw std::runtime_error("the layer's cache is not in CUDA device memory");
-    }
-
-    struct DeviceGuard {
-        int device;
-
-        ~DeviceGuard() { cudaSetDevice(device); }
-    } guard{ current };
-
-    cudaSetDevice(attr.device);
-    void * ptr = nullptr;
-    if (cudaError_t err = cudaMalloc(&ptr, bytes); err != cudaSuccess) {
-        cudaGetLastError();  // clear the recorded error: ggml checks cudaGetLastError() after its own calls
-        throw std::runtime_error("cudaMalloc of " + std::to_string(bytes) + " bytes: " + cudaGetErrorString(err));
-    }
-    std::shared_ptr<uint8_t> out(static_cast<uint8_t *>(ptr), [](uint8_t * q) { cudaFree(q); });
-    if (cudaError_t err = cudaMemcpy(ptr, src, bytes, cudaMemcpyHostToDevice); err != cudaSuccess) {
-        cudaGetLastError();
-        throw std::runtime_error(std::string("copying a region to the GPU: ") + cudaGetErrorString(err));
-    }
-    return out;
-}
-
-void cuda_download(uint8_t * dst, const uint8_t * src, size_t bytes) {
-    if (cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost); err != cudaSuccess) {
-        cudaGetLastError();
-        throw std::runtime_error(std::string("copying a region from the GPU: ") + cudaGetErrorString(err));
-    }
-}
-
-void cuda_zero_async(void * dst, size_t bytes, void * stream) {
-    cudaMemsetAsync(dst, 0, bytes, static_cast<cudaStream_t>(stream));
-}
 
 size_t cuda_graph_attn_scratch(const CudaGraphAttn & call) {
     cuda_impl::Params p;

@@ -20,7 +20,25 @@ const char * const kNoCuda = "this library was built without CUDA (GGML_CUDA=off
 
 using cuda_stub_impl::kNoCuda;
 
+void cuda_throw(int, const std::string & what) {
+    throw std::runtime_error(what + ": " + kNoCuda);
+}
+
+CudaDeviceScope::CudaDeviceScope(const void *) {
+    throw std::runtime_error(kNoCuda);
+}
+
+CudaDeviceScope::~CudaDeviceScope() = default;
+
+std::shared_ptr<uint8_t> cuda_alloc(size_t, const void *) {
+    throw std::runtime_error(kNoCuda);
+}
+
 std::shared_ptr<uint8_t> cuda_upload(const uint8_t *, size_t, const void *) {
+    throw std::runtime_error(kNoCuda);
+}
+
+void cuda_pack_region(int, int, uint8_t *, int, int, int, const PackSource &) {
     throw std::runtime_error(kNoCuda);
 }
 
@@ -46,6 +64,25 @@ int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args * args) {
     (void) args;
     return cocktail::fail(COCKTAIL_EUNSUPPORTED,
                           std::string("cocktail_attn_mixed_regions_cuda: ") + cocktail::cuda_stub_impl::kNoCuda);
+}
+
+int cocktail_pack_region_cuda(int          precision,
+                              int          part,
+                              void *       dst,
+                              size_t       dst_size,
+                              int          n_tokens,
+                              int          n_head_kv,
+                              int          head_dim,
+                              const void * src,
+                              size_t       src_nb_token,
+                              size_t       src_nb_channel,
+                              size_t       src_nb_head,
+                              int          src_n_cells,
+                              const int *  cells) {
+    (void) precision, (void) part, (void) dst, (void) dst_size, (void) n_tokens, (void) n_head_kv, (void) head_dim;
+    (void) src, (void) src_nb_token, (void) src_nb_channel, (void) src_nb_head, (void) src_n_cells, (void) cells;
+    return cocktail::fail(COCKTAIL_EUNSUPPORTED,
+                          std::string("cocktail_pack_region_cuda: ") + cocktail::cuda_stub_impl::kNoCuda);
 }
 
 int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn_args * args,

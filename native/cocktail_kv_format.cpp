@@ -13,50 +13,6 @@ namespace cocktail {
 namespace kv_format_impl {
 namespace {
 
-// Smallest fp16 >= x (x finite and >= 0): scales round up so that min + scale*qmax covers the max.
-uint16_t fp16_round_up(float x) {
-    uint16_t h = fp32_to_fp16(x);
-    if (fp16_to_fp32(h) < x && h < 0x7BFFu) {
-        ++h;
-    }
-    return h;
-}
-
-// Largest fp16 <= x: mins round down so that every value is >= min (exact for fp16 sources).
-uint16_t fp16_round_down(float x) {
-    uint16_t h = fp32_to_fp16(x);
-    if (fp16_to_fp32(h) > x) {
-        if (h == 0x0000u) {
-            h = 0x8001u;  // +0 -> the negative subnormal next below
-        } else if (h & 0x8000u) {
-            h = h == 0xFBFFu ? h : static_cast<uint16_t>(h + 1);
-        } else {
-            --h;
-        }
-    }
-    return h;
-}
-
-// fp16 (scale, min) of a group with minimum mn and maximum mx; also returns min and 1/scale as float.
-void group_params(float mn, float mx, int qmax, uint16_t * scale16, uint16_t * min16, float * m, float * inv) {
-    const uint16_t m_h = fp16_round_down(mn);
-    *m                 = fp16_to_fp32(m_h);
-    const uint16_t s_h = fp16_round_up((mx - *m) / static_cast<float>(qmax));
-    const float    s   = fp16_to_fp32(s_h);
-    *inv               = s > 0.0f ? 1.0f / s : 0.0f;
-    *scale16           = s_h;
-    *min16             = m_h;
-}
-
-// Round half up of the clamped (x - m) / scale. Comparisons (not fmin/fmax: those are libm calls without
-// -ffast-math) written so that NaN maps to code 0.
-inline uint8_t quantize_code(float x, float m, float inv, float qmax) {
-    float v = (x - m) * inv;
-    v       = v > 0.0f ? v : 0.0f;
-    v       = v < qmax ? v : qmax;
-    return static_cast<uint8_t>(static_cast<int>(v + 0.5f));
-}
-
 // Asymmetric quantization of n contiguous values with qmax = 2^bits - 1; writes codes[0..n).
 void quantize_group(const float * x, int n, int qmax, uint8_t * codes, uint16_t * scale16, uint16_t * min16) {
     float mn = x[0], mx = x[0];
@@ -69,20 +25,6 @@ void quantize_group(const float * x, int n, int qmax, uint8_t * codes, uint16_t 
     const float fq = static_cast<float>(qmax);
     for (int i = 0; i < n; ++i) {
         codes[i] = quantize_code(x[i], m, inv, fq);
-    }
-}
-
-// Packs 32 codes: Q4 byte j = e[j] | e[j+16] << 4 (16 bytes); Q2 byte j = e[j] | e[j+8] << 2 | e[j+16] << 4 |
-// e[j+24] << 6 (8 bytes). Element e = token (K) or channel (V).
-void pack_codes32(const uint8_t * e, int bits, uint8_t * out) {
-    if (bits == 4) {
-        for (int j = 0; j < 16; ++j) {
-            out[j] = static_cast<uint8_t>(e[j] | (e[j + 16] << 4));
-        }
-    } else {
-        for (int j = 0; j < 8; ++j) {
-            out[j] = static_cast<uint8_t>(e[j] | (e[j + 8] << 2) | (e[j + 16] << 4) | (e[j + 24] << 6));
-        }
     }
 }
 
@@ -225,6 +167,38 @@ int region_args_check(const char * what, int precision, int part, int n_tokens, 
     if (head_dim <= 0 || head_dim % kGroupChannels != 0) {
         return fail(COCKTAIL_EINVAL,
                     w + ": head_dim " + std::to_string(head_dim) + " must be a positive multiple of 32");
+    }
+    return COCKTAIL_OK;
+}
+
+int pack_region_args_check(const char * what,
+                           int          precision,
+                           int          part,
+                           const void * dst,
+                           size_t       dst_size,
+                           int          n_tokens,
+                           int          n_head_kv,
+                           int          head_dim,
+                           const void * src,
+                           int          src_n_cells,
+                           const int *  cells) {
+    if (int rc = region_args_check(what, precision, part, n_tokens, n_head_kv, head_dim); rc != COCKTAIL_OK) {
+        return rc;
+    }
+    const std::string w    = what;
+    const size_t      need = region_bytes(precision, n_tokens, n_head_kv, head_dim);
+    if (dst_size < need || (need > 0 && dst == nullptr)) {
+        return fail(COCKTAIL_EINVAL, w + ": dst_size " + std::to_string(dst_size) + " is smaller than the region's " +
+                                         std::to_string(need) + " bytes");
+    }
+    if (n_tokens > 0 && (src == nullptr || cells == nullptr)) {
+        return fail(COCKTAIL_EINVAL, w + ": src or cells is NULL");
+    }
+    for (int i = 0; i < n_tokens; ++i) {
+        if (cells[i] < 0 || cells[i] >= src_n_cells) {
+            return fail(COCKTAIL_EINVAL, w + ": cells[" + std::to_string(i) + "] = " + std::to_string(cells[i]) +
+                                             " is outside [0, " + std::to_string(src_n_cells) + ")");
+        }
     }
     return COCKTAIL_OK;
 }
@@ -393,24 +367,10 @@ int cocktail_pack_region(int          precision,
                          const int *  cells,
                          int          n_threads) {
     const char * what = "cocktail_pack_region";
-    const int    rc   = cocktail::region_args_check(what, precision, part, n_tokens, n_head_kv, head_dim);
-    if (rc != COCKTAIL_OK) {
+    if (int rc = cocktail::pack_region_args_check(what, precision, part, dst, dst_size, n_tokens, n_head_kv, head_dim,
+                                                  src, src_n_cells, cells);
+        rc != COCKTAIL_OK) {
         return rc;
-    }
-    const size_t need = cocktail::region_bytes(precision, n_tokens, n_head_kv, head_dim);
-    if (dst_size < need || (need > 0 && dst == nullptr)) {
-        return cocktail::fail(COCKTAIL_EINVAL, std::string(what) + ": dst_size " + std::to_string(dst_size) +
-                                                   " is smaller than the region's " + std::to_string(need) + " bytes");
-    }
-    if (n_tokens > 0 && (src == nullptr || cells == nullptr)) {
-        return cocktail::fail(COCKTAIL_EINVAL, std::string(what) + ": src or cells is NULL");
-    }
-    for (int i = 0; i < n_tokens; ++i) {
-        if (cells[i] < 0 || cells[i] >= src_n_cells) {
-            return cocktail::fail(COCKTAIL_EINVAL, std::string(what) + ": cells[" + std::to_string(i) +
-                                                       "] = " + std::to_string(cells[i]) + " is outside [0, " +
-                                                       std::to_string(src_n_cells) + ")");
-        }
     }
     if (n_threads < 1) {
         return cocktail::fail(COCKTAIL_EINVAL,

@@ -188,13 +188,6 @@ struct LayerViews {
     const ggml_tensor * v_storage;
 };
 
-// A CUDA layer's cache tensor copied into `host` (whole), and `view` (a pointer into the tensor) moved into the copy.
-void stage_on_host(const ggml_tensor * storage, PackSource & view, std::vector<uint8_t> & host) {
-    host.resize(ggml_nbytes(storage));
-    ggml_backend_tensor_get(storage, host.data(), 0, host.size());
-    view.data = host.data() + (view.data - static_cast<const uint8_t *>(storage->data));
-}
-
 LayerViews layer_views(llama_kv_cache * kv, int32_t il, uint32_t stream) {
     ggml_init_params          ip   = { ggml_tensor_overhead() * 4, nullptr, true };
     ggml_context *            tctx = ggml_init(ip);
@@ -216,6 +209,32 @@ LayerViews layer_views(llama_kv_cache * kv, int32_t il, uint32_t stream) {
     }
     ggml_free(tctx);
     return out;
+}
+
+// A layer whose cache is in CUDA memory: its regions are packed by the GPU straight from the cache, on its device.
+void pack_on_device(LayerRegions &     layer,
+                    const LayerViews & views,
+                    const std::vector<int32_t> (&cells)[kNumPrecisions]) {
+    const void *    near = views.k_storage->data;
+    CudaDeviceScope scope(near);
+    for (int p = 0; p < kNumPrecisions; ++p) {
+        const int    n     = static_cast<int>(cells[p].size());
+        const size_t bytes = region_bytes(p, n, layer.n_head_kv, layer.head_dim);
+        layer.k[p].clear();
+        layer.v[p].clear();
+        if (n > 0) {
+            auto d_cells  = cuda_upload(reinterpret_cast<const uint8_t *>(cells[p].data()), n * sizeof(int32_t), near);
+            auto kb       = cuda_alloc(bytes, near);
+            auto vb       = cuda_alloc(bytes, near);
+            PackSource ks = views.k, vs = views.v;
+            ks.cells = vs.cells = reinterpret_cast<const int32_t *>(d_cells.get());
+            cuda_pack_region(p, COCKTAIL_KV_K, kb.get(), n, layer.n_head_kv, layer.head_dim, ks);
+            cuda_pack_region(p, COCKTAIL_KV_V, vb.get(), n, layer.n_head_kv, layer.head_dim, vs);
+            layer.k[p].set_device(std::move(kb), bytes);
+            layer.v[p].set_device(std::move(vb), bytes);
+        }
+        layer.regions[p] = { p, n, layer.k[p].data(), layer.v[p].data() };
+    }
 }
 
 int compact(SegmentedCache & st) {
@@ -282,12 +301,11 @@ int compact(SegmentedCache & st) {
     const uint32_t stream    = st.kv->get_stream(st.seq_id);
     std::string    problem;
     try {
-        std::vector<uint8_t> k_host, v_host;  // a CUDA layer's cache, copied to host memory to be packed there
         for (auto & layer : st.layers) {
-            LayerViews views = layer_views(st.kv, layer->il, stream);
+            const LayerViews views = layer_views(st.kv, layer->il, stream);
             if (layer->on_device) {
-                stage_on_host(views.k_storage, views.k, k_host);
-                stage_on_host(views.v_storage, views.v, v_host);
+                pack_on_device(*layer, views, region_cells);
+                continue;
             }
             for (int p = 0; p < kNumPrecisions; ++p) {
                 const int            n     = static_cast<int>(region_cells[p].size());
@@ -300,9 +318,8 @@ int compact(SegmentedCache & st) {
                     pack_region(p, COCKTAIL_KV_K, kb.data(), n, layer->n_head_kv, layer->head_dim, ks, n_threads);
                     pack_region(p, COCKTAIL_KV_V, vb.data(), n, layer->n_head_kv, layer->head_dim, vs, n_threads);
                 }
-                const void * near = layer->on_device ? views.k_storage->data : nullptr;
-                layer->k[p].set(std::move(kb), near);
-                layer->v[p].set(std::move(vb), near);
+                layer->k[p].set(std::move(kb), nullptr);
+                layer->v[p].set(std::move(vb), nullptr);
                 layer->regions[p] = { p, n, layer->k[p].data(), layer->v[p].data() };
             }
         }
@@ -344,6 +361,12 @@ void RegionBuffer::set(std::vector<uint8_t> && bytes, const void * device_near) 
         host_ = std::move(bytes);
     }
     size_ = n;
+}
+
+void RegionBuffer::set_device(std::shared_ptr<uint8_t> && bytes, size_t size) {
+    clear();
+    device_ = std::move(bytes);
+    size_   = size;
 }
 
 void RegionBuffer::clear() {

@@ -28,6 +28,8 @@ class RegionBuffer {
     // host copy freed (throws std::runtime_error naming the CUDA error, or std::bad_alloc). The previous
     // contents are released first.
     void set(std::vector<uint8_t> && bytes, const void * device_near);
+    // Takes `size` bytes of CUDA device memory (cuda_alloc).
+    void set_device(std::shared_ptr<uint8_t> && bytes, size_t size);
     void clear();
 
     const uint8_t * data() const { return device_ ? device_.get() : host_.data(); }  // host or device pointer
