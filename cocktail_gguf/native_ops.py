@@ -68,7 +68,7 @@ def pack_region(
     """Gathers src[:, cells, :] (float16, shape (n_head_kv, n_cells, head_dim), any non-negative strides)
     into a packed region buffer (uint8).
 
-    device: "cpu" (n_threads threads) or "cuda" (the GPU pack of compaction, on the current GPU; the same bytes).
+    device: "cpu" (n_threads threads) or "cuda" (compaction's GPU pack, on the current GPU: the same bytes).
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device={device!r} is not 'cpu' or 'cuda'")

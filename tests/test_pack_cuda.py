@@ -1,5 +1,5 @@
-"""The GPU pack of compaction (native/cocktail_pack_cuda.cu) gives the CPU pack's bytes, bit for bit: random shapes,
-cells and strides, partial last blocks, and the awkward values (constant groups, subnormals, infinities, NaN).
+"""The GPU pack of compaction (native/cocktail_pack_cuda.cu) gives the CPU pack's bytes, bit for bit: random
+shapes, cells and strides, partial last blocks, and awkward values (constant groups, subnormals, inf, NaN).
 Skipped unless the library was built with CUDA and a GPU is visible."""
 
 from __future__ import annotations
