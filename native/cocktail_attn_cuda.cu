@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
@@ -529,40 +530,74 @@ template <int D, int GS> __global__ void __launch_bounds__(kWarps * 32, GS >= 4 
     }
 }
 
-// One block per (query token, head), D threads: merges the splits' partial softmaxes into the output row.
-__global__ void attn_merge(const float *  part_acc,
-                           const float2 * part_ml,
-                           int            n_splits,
-                           int            n_head,
-                           int            D,
-                           uint8_t *      out,
-                           size_t         out_nb_token,
-                           size_t         out_nb_head) {
-    const int    qi = blockIdx.y, h = blockIdx.x, d = threadIdx.x;
-    const size_t row0 = (static_cast<size_t>(qi) * n_head + h) * n_splits;
-    float        mmax = -INFINITY;
-    for (int s = 0; s < n_splits; ++s) {
+constexpr int kMergeWarps = 8;
+
+// x reduced over the block (every thread gets the result); `red` holds one float per warp.
+template <bool kMax> __device__ float block_reduce(float x, float * red) {
+    x              = kMax ? warp_max(x) : warp_sum(x);
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0) {
+        red[warp] = x;
+    }
+    __syncthreads();
+    x = red[0];
+    for (int w = 1; w < kMergeWarps; ++w) {
+        x = kMax ? fmaxf(x, red[w]) : x + red[w];
+    }
+    __syncthreads();  // red is reused
+    return x;
+}
+
+// One block per (query token, head): merges the splits' partial softmaxes into the output row. The splits' weights
+// are found in parallel, then each warp sums every kMergeWarps-th split over all channels (coalesced rows).
+// Dynamic shared memory: n_splits + kMergeWarps * D floats.
+__global__ void __launch_bounds__(kMergeWarps * 32) attn_merge(const float *  part_acc,
+                                                               const float2 * part_ml,
+                                                               int            n_splits,
+                                                               int            n_head,
+                                                               int            D,
+                                                               uint8_t *      out,
+                                                               size_t         out_nb_token,
+                                                               size_t         out_nb_head) {
+    extern __shared__ float merge_smem[];
+    __shared__ float        red[kMergeWarps];
+    float *                 wts = merge_smem;             // [n_splits]
+    float *                 sum = merge_smem + n_splits;  // [kMergeWarps][D]
+    const int               qi = blockIdx.y, h = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const size_t            row0 = (static_cast<size_t>(qi) * n_head + h) * n_splits;
+    float                   mmax = -INFINITY;
+    for (int s = threadIdx.x; s < n_splits; s += blockDim.x) {
         mmax = fmaxf(mmax, part_ml[row0 + s].x);
     }
-    float l = 0.0f, acc = 0.0f;
-    if (mmax != -INFINITY) {
-        for (int s = 0; s < n_splits; ++s) {
-            const float2 ml = part_ml[row0 + s];
-            const float  f  = ml.x == -INFINITY ? 0.0f : expf(ml.x - mmax);
-            l += ml.y * f;
-            acc += part_acc[(row0 + s) * D + d] * f;
-        }
+    mmax    = block_reduce<true>(mmax, red);
+    float l = 0.0f;
+    for (int s = threadIdx.x; s < n_splits; s += blockDim.x) {
+        const float2 ml = part_ml[row0 + s];
+        const float  f  = mmax == -INFINITY || ml.x == -INFINITY ? 0.0f : expf(ml.x - mmax);
+        wts[s]          = f;
+        l += ml.y * f;
     }
-    reinterpret_cast<float *>(out + qi * out_nb_token + h * out_nb_head)[d] = l > 0.0f ? acc / l : 0.0f;
+    l = block_reduce<false>(l, red);  // its barrier also publishes wts
+    for (int d = lane; d < D; d += 32) {
+        float acc = 0.0f;
+        for (int s = warp; s < n_splits; s += kMergeWarps) {
+            acc = fmaf(wts[s], part_acc[(row0 + s) * D + d], acc);
+        }
+        sum[warp * D + d] = acc;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int w = 0; w < kMergeWarps; ++w) {
+            acc += sum[w * D + d];
+        }
+        reinterpret_cast<float *>(out + qi * out_nb_token + h * out_nb_head)[d] = l > 0.0f ? acc / l : 0.0f;
+    }
 }
 
 int cuda_fail(cudaError_t err, const char * what) {
     return fail(COCKTAIL_EINTERNAL,
                 std::string("cocktail_attn_mixed_regions_cuda: ") + what + ": " + cudaGetErrorString(err));
-}
-
-template <int D, int GS> void launch(const Params & p, dim3 grid, cudaStream_t stream) {
-    attn_partial<D, GS><<<grid, kWarps * 32, 0, stream>>>(p);
 }
 
 // Query heads per block: the GQA group rounded up to a power of two, at most 4 and at most 512 / D (registers: 16
@@ -582,20 +617,53 @@ int group_size(int group, int D) {
     return gs;
 }
 
-template <int D> void launch_d(const Params & p, int gs, dim3 grid, cudaStream_t stream) {
-    switch (gs) {
-        case 1:
-            launch<D, 1>(p, grid, stream);
-            break;
-        case 2:
-            launch<D, 2>(p, grid, stream);
-            break;
-        default:
-            if constexpr (max_group_size(D) >= 4) {
-                launch<D, 4>(p, grid, stream);
-            }
-            break;
+template <int D> const void * partial_kernel_d(int gs) {
+    if (gs == 1) {
+        return reinterpret_cast<const void *>(&attn_partial<D, 1>);
     }
+    if (gs == 2) {
+        return reinterpret_cast<const void *>(&attn_partial<D, 2>);
+    }
+    if constexpr (max_group_size(D) >= 4) {
+        return reinterpret_cast<const void *>(&attn_partial<D, 4>);
+    }
+    return nullptr;
+}
+
+// The partial kernel for head_dim D (supported) and gs = group_size(...).
+const void * partial_kernel(int D, int gs) {
+    switch (D) {
+        case 32:
+            return partial_kernel_d<32>(gs);
+        case 64:
+            return partial_kernel_d<64>(gs);
+        case 128:
+            return partial_kernel_d<128>(gs);
+        default:
+            return partial_kernel_d<256>(gs);
+    }
+}
+
+// Blocks of the partial kernel (D, gs) the whole current device holds at once (SMs x blocks per SM), cached per
+// device: the launch plan asks for it on every call.
+int resident_blocks(int D, int gs) {
+    constexpr int           kMaxDevices = 16;
+    static std::atomic<int> cache[kMaxDevices][4][kMaxGs + 1];
+    int                     dev = 0;
+    cudaGetDevice(&dev);
+    const int di = D == 32 ? 0 : D == 64 ? 1 : D == 128 ? 2 : 3;
+    if (dev >= kMaxDevices) {
+        dev = kMaxDevices - 1;  // only a plan: a wrong cached value costs speed, not correctness
+    }
+    int n = cache[dev][di][gs].load(std::memory_order_relaxed);
+    if (n == 0) {
+        int n_sm = 0, per_sm = 0;
+        cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev);
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, partial_kernel(D, gs), kWarps * 32, 0);
+        n = std::max(1, n_sm * per_sm);
+        cache[dev][di][gs].store(n, std::memory_order_relaxed);
+    }
+    return n;
 }
 
 bool head_dim_supported(int D) {
@@ -603,19 +671,34 @@ bool head_dim_supported(int D) {
 }
 
 // Fills p.n_gblocks, p.n_splits (at most max_splits) and p.units_per_split; returns the query heads per block.
+// Splits: one wave of blocks over the whole GPU (every block's work is alike, so one wave balances), at least one
+// unit per warp.
 int plan_launch(Params & p, int D, int max_splits) {
-    const int gs = group_size(p.group, D);
-    p.n_gblocks  = (p.group + gs - 1) / gs;
-    int dev = 0, n_sm = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev);
+    const int gs          = group_size(p.group, D);
+    p.n_gblocks           = (p.group + gs - 1) / gs;
     const int base_blocks = p.n_head_kv * p.n_gblocks * p.n_q;
-    // enough blocks to keep every SM busy with loads in flight (the kernel is latency-bound at low occupancy)
-    p.n_splits            = std::max(
-        1, std::min({ (16 * n_sm + base_blocks - 1) / base_blocks, (p.n_units + 3) / 4, std::max(1, max_splits) }));
+    p.n_splits        = std::max(1, std::min({ resident_blocks(D, gs) / base_blocks, (p.n_units + kWarps - 1) / kWarps,
+                                               std::max(1, max_splits) }));
     p.units_per_split = std::max(1, (p.n_units + p.n_splits - 1) / p.n_splits);
     p.n_splits        = std::max(1, (p.n_units + p.units_per_split - 1) / p.units_per_split);
     return gs;
+}
+
+// The merge kernel: out rows (strides in bytes) from n_splits partial results (0: zeros).
+int launch_merge(const Params & p,
+                 int            n_splits,
+                 int            D,
+                 void *         out,
+                 size_t         out_nb_token,
+                 size_t         out_nb_head,
+                 cudaStream_t   stream) {
+    const size_t smem = (static_cast<size_t>(n_splits) + kMergeWarps * D) * sizeof(float);
+    attn_merge<<<dim3(p.n_head, p.n_q), kMergeWarps * 32, smem, stream>>>(
+        p.part_acc, p.part_ml, n_splits, p.n_head, D, static_cast<uint8_t *>(out), out_nb_token, out_nb_head);
+    if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
+        return cuda_fail(err, "attn_merge launch");
+    }
+    return COCKTAIL_OK;
 }
 
 int run(const cocktail_attn_args & a, Params & p, cudaStream_t stream, int max_splits = 1 << 30) {
@@ -626,20 +709,8 @@ int run(const cocktail_attn_args & a, Params & p, cudaStream_t stream, int max_s
     }
     const int  gs = plan_launch(p, D, max_splits);
     const dim3 grid(p.n_head_kv * p.n_gblocks, p.n_splits, p.n_q);
-    switch (D) {
-        case 32:
-            launch_d<32>(p, gs, grid, stream);
-            break;
-        case 64:
-            launch_d<64>(p, gs, grid, stream);
-            break;
-        case 128:
-            launch_d<128>(p, gs, grid, stream);
-            break;
-        default:
-            launch_d<256>(p, gs, grid, stream);
-            break;
-    }
+    void *     args[] = { &p };
+    cudaLaunchKernel(partial_kernel(D, gs), grid, dim3(kWarps * 32), args, 0, stream);
     if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
         return cuda_fail(err, "attn_partial launch");
     }
@@ -773,13 +844,8 @@ int launch_call(const cocktail_attn_args & a, DeviceCall & c, cudaStream_t strea
     if (int rc = run(a, c.p, stream); rc != COCKTAIL_OK) {
         return rc;
     }
-    attn_merge<<<dim3(c.n_head, c.p.n_q), c.D, 0, stream>>>(
-        c.p.part_acc, c.p.part_ml, c.p.n_splits, c.n_head, c.D, static_cast<uint8_t *>(c.out.ptr),
-        static_cast<size_t>(c.n_head) * c.D * 4, static_cast<size_t>(c.D) * 4);
-    if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
-        return cuda_fail(err, "attn_merge launch");
-    }
-    return COCKTAIL_OK;
+    return launch_merge(c.p, c.p.n_splits, c.D, c.out.ptr, static_cast<size_t>(c.n_head) * c.D * 4,
+                        static_cast<size_t>(c.D) * 4, stream);
 }
 
 void write_rows(const cocktail_attn_args & a, const float * src_or_null) {
@@ -887,13 +953,7 @@ int cuda_graph_attn(const CudaGraphAttn & call, void * stream) {
         }
         n_splits = p.n_splits;
     }
-    attn_merge<<<dim3(a.n_head, a.n_q_tokens), a.head_dim, 0, st>>>(
-        p.part_acc, p.part_ml, n_splits, a.n_head, a.head_dim, static_cast<uint8_t *>(static_cast<void *>(a.out)),
-        a.out_nb_token, a.out_nb_head);
-    if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
-        return cuda_fail(err, "attn_merge launch");
-    }
-    return COCKTAIL_OK;
+    return launch_merge(p, n_splits, a.head_dim, a.out, a.out_nb_token, a.out_nb_head, st);
 }
 
 }  // namespace cocktail
