@@ -38,7 +38,7 @@ struct Segment {
 };
 
 struct Params {
-    int             n_q, n_head, n_head_kv, group, n_gblocks, n_splits, units_per_split, n_units, n_segments;
+    int             n_q, n_head, n_head_kv, group, n_gblocks, n_splits, n_units, n_segments;
     float           scale;
     const float *   q;
     size_t          q_nb_token, q_nb_head;
@@ -117,6 +117,8 @@ __device__ __forceinline__ float reduce_scatter8(float (&v)[8], int r) {
 
 // Shared memory of one block: the scaled query rows, and per warp the query folded with the unit's K scales and the
 // unit's probabilities folded with V's scales and mins; the warps' partial outputs reuse the tables at the end.
+constexpr int kPsmRow = kUnit + 1;
+
 template <int D, int GS> struct Shared {
     static constexpr int kGroups = D / 32;  // V groups of 32 channels
 
@@ -124,8 +126,10 @@ template <int D, int GS> struct Shared {
 
     union {
         struct {
-            float qs[kWarps][D * GS];                     // [channel][g]: q * K scale of this unit
-            float psm[kWarps][kUnit * kGroups * 2 * GS];  // [token][V group][p*s for g..., p*m for g...]
+            float qs[kWarps][GS * D];  // [g][channel]: q * K scale of this unit
+            // [component][token], component = V group * 2GS + (p*s for g..., p*m for g...); rows of 33 floats keep
+            // the owners' writes (one token per lane) and the value lanes' reads free of bank conflicts
+            float psm[kWarps][kGroups * 2 * GS * kPsmRow];
         } t;
 
         float acc[kWarps][GS * D];  // [g][channel]
@@ -172,20 +176,23 @@ __device__ __forceinline__ void unit_scores(const Params &  p,
         const int       n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
         const uint8_t * base     = s.k + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>();
         float           sc[kCpl], mn[kCpl], bias[GS];
-        load_halves<kCpl>(base + 2 * lane * kCpl, sc);
-        load_halves<kCpl>(base + 2 * D + 2 * lane * kCpl, mn);
+#pragma unroll
+        for (int i = 0; i < kCpl; ++i) {  // channels lane + 32 i: coalesced loads, conflict-free table writes
+            sc[i] = h2f(base + 2 * (lane + 32 * i));
+            mn[i] = h2f(base + 2 * (D + lane + 32 * i));
+        }
 #pragma unroll
         for (int g = 0; g < GS; ++g) {
             bias[g] = 0.0f;
         }
 #pragma unroll
         for (int i = 0; i < kCpl; ++i) {
-            const int c = lane * kCpl + i;
+            const int c = lane + 32 * i;
 #pragma unroll
             for (int g = 0; g < GS; ++g) {
-                const float qv     = sq[g * D + c];
-                qs_tab[c * GS + g] = qv * sc[i];
-                bias[g]            = fmaf(qv, mn[i], bias[g]);
+                const float qv    = sq[g * D + c];
+                qs_tab[g * D + c] = qv * sc[i];
+                bias[g]           = fmaf(qv, mn[i], bias[g]);
             }
         }
         __syncwarp();
@@ -202,7 +209,7 @@ __device__ __forceinline__ void unit_scores(const Params &  p,
             float          qv[GS];
 #pragma unroll
             for (int g = 0; g < GS; ++g) {
-                qv[g] = qs_tab[c * GS + g];
+                qv[g] = qs_tab[g * D + c];
             }
             const float f[8] = { byte_code<0>(x0), byte_code<1>(x0), byte_code<2>(x0), byte_code<3>(x0),
                                  byte_code<0>(x1), byte_code<1>(x1), byte_code<2>(x1), byte_code<3>(x1) };
@@ -345,13 +352,12 @@ __device__ void unit_update(const Params &     p,
                 vm[gi] = 0.0f;
             }
         }
-        float * e = psm_tab + lane * kGroups * 2 * GS;
 #pragma unroll
         for (int gi = 0; gi < kGroups; ++gi) {
 #pragma unroll
             for (int g = 0; g < GS; ++g) {
-                e[gi * 2 * GS + g]      = prob[g] * vs[gi];
-                e[gi * 2 * GS + GS + g] = prob[g] * vm[gi];
+                psm_tab[(gi * 2 * GS + g) * kPsmRow + lane]      = prob[g] * vs[gi];
+                psm_tab[(gi * 2 * GS + GS + g) * kPsmRow + lane] = prob[g] * vm[gi];
             }
         }
     }
@@ -360,11 +366,11 @@ __device__ void unit_update(const Params &     p,
 #pragma unroll
     for (int k = 0; k < kSteps; ++k) {
         const int     tt = slot + kTokensPerStep * k;
-        const float * e  = psm_tab + (tt * kGroups + gi) * 2 * GS;
+        const float * e  = psm_tab + gi * 2 * GS * kPsmRow + tt;  // component j of this token: e[j * kPsmRow]
         float         ps[GS];
 #pragma unroll
         for (int g = 0; g < GS; ++g) {
-            ps[g] = e[g];
+            ps[g] = e[g * kPsmRow];
         }
         float v[8];
         if constexpr (kQuant) {
@@ -381,7 +387,7 @@ __device__ void unit_update(const Params &     p,
             v[4] = byte_code<0>(hi), v[5] = byte_code<1>(hi), v[6] = byte_code<2>(hi), v[7] = byte_code<3>(hi);
 #pragma unroll
             for (int g = 0; g < GS; ++g) {
-                w.macc[g] += e[GS + g];
+                w.macc[g] += e[(GS + g) * kPsmRow];
             }
         } else {
             const int t_abs = unit * kUnit + tt;
@@ -447,10 +453,11 @@ template <int D, int GS> __global__ void __launch_bounds__(kWarps * 32, GS >= 4 
     }
     float *   qs_tab  = sh.t.qs[warp];
     float *   psm_tab = sh.t.psm[warp];
-    const int u_end   = min(p.n_units, (split + 1) * p.units_per_split);
     const int q_seq   = p.q_seq != nullptr ? p.q_seq[qi] : -1;
-    for (int u = split * p.units_per_split + warp; u < u_end; u += kWarps) {
-        int si = 0;
+    // units dealt round-robin over the splits, then over the block's warps: every block gets its share of each
+    // region (an F16 unit reads 5x the bytes of a Q2 one), so one wave of equal blocks stays balanced
+    int       si      = 0;
+    for (int u = split + p.n_splits * warp; u < p.n_units; u += p.n_splits * kWarps) {
         while (si + 1 < p.n_segments && p.seg[si + 1].unit0 <= u) {
             ++si;
         }
@@ -670,17 +677,15 @@ bool head_dim_supported(int D) {
     return D == 32 || D == 64 || D == 128 || D == 256;
 }
 
-// Fills p.n_gblocks, p.n_splits (at most max_splits) and p.units_per_split; returns the query heads per block.
+// Fills p.n_gblocks and p.n_splits (at most max_splits); returns the query heads per block.
 // Splits: one wave of blocks over the whole GPU (every block's work is alike, so one wave balances), at least one
 // unit per warp.
 int plan_launch(Params & p, int D, int max_splits) {
     const int gs          = group_size(p.group, D);
     p.n_gblocks           = (p.group + gs - 1) / gs;
     const int base_blocks = p.n_head_kv * p.n_gblocks * p.n_q;
-    p.n_splits        = std::max(1, std::min({ resident_blocks(D, gs) / base_blocks, (p.n_units + kWarps - 1) / kWarps,
-                                               std::max(1, max_splits) }));
-    p.units_per_split = std::max(1, (p.n_units + p.n_splits - 1) / p.n_splits);
-    p.n_splits        = std::max(1, (p.n_units + p.units_per_split - 1) / p.units_per_split);
+    p.n_splits = std::max(1, std::min({ resident_blocks(D, gs) / base_blocks, (p.n_units + kWarps - 1) / kWarps,
+                                        std::max(1, max_splits) }));
     return gs;
 }
 
