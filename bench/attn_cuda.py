@@ -4,7 +4,7 @@ and precision mix. Run on the GPU machine against a CUDA build:
 
     python bench/attn_cuda.py --out bench/results/attn_cuda.json
 
-Not llama.cpp end to end: the kernel is not in the model graph yet (issue 5), so there is no tokens/s here.
+The kernel alone; decode tokens/s of whole models with it in llama.cpp's graph: bench/tpot_gpu.py.
 """
 
 from __future__ import annotations
