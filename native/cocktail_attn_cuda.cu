@@ -423,7 +423,12 @@ __device__ void unit_update(const Params &     p,
     }
 }
 
-template <int D, int GS> __global__ void __launch_bounds__(kWarps * 32, GS >= 4 ? 3 : 4) attn_partial(const Params p) {
+template <int D, int GS>
+__global__ void __launch_bounds__(kWarps * 32,
+                                  GS == 1 ? 6 :
+                                  GS == 2 ? 4 :
+                                            3)
+attn_partial(const Params p) {
     __shared__ Shared<D, GS> sh;
 
     const int qi = blockIdx.z, split = blockIdx.y;
@@ -925,9 +930,12 @@ namespace cocktail {
 
 size_t cuda_graph_attn_scratch(const CudaGraphAttn & call) {
     cuda_impl::Params p;
-    if (cuda_impl::graph_params(call, p) != COCKTAIL_OK || p.n_units == 0) {
+    if (cuda_impl::graph_params(call, p) != COCKTAIL_OK) {
         return 0;
     }
+    // the most splits any context length gives: the op's size, and so its graph node, stays the same as the tail
+    // grows (ggml-cuda then replays its CUDA graph)
+    p.n_units = 1 << 24;
     cuda_impl::plan_launch(p, call.args.head_dim, 1 << 30);
     return cuda_impl::scratch_bytes_per_split(p, call.args.head_dim) * p.n_splits;
 }

@@ -68,7 +68,8 @@ struct CudaGraphAttn {
     size_t                     scratch_bytes = 0;
 };
 
-// Scratch bytes cuda_graph_attn() uses for this call on the current device (0 without CUDA).
+// Scratch bytes cuda_graph_attn() uses at most for calls of this shape (any tail length) on the current device (0
+// without CUDA).
 size_t cuda_graph_attn_scratch(const CudaGraphAttn & call);
 
 // Zeroes `bytes` device bytes at dst on `stream` (a cudaStream_t), asynchronously (CUDA-graph capturable).

@@ -10,10 +10,13 @@
 #include "llama-batch.h"
 #include "llama-graph.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace cocktail {
@@ -22,15 +25,24 @@ namespace {
 
 constexpr cocktail_kv_region kNoRegions[kNumPrecisions] = {};
 
-// What the attention op of one layer of one graph reads: the regions of every planned sequence (compacted ones;
-// others attend to llama.cpp's cache only), and the sequence of each query token (an input tensor).
+// What the attention op of one layer reads besides its inputs: the regions of every planned sequence (compacted
+// ones; others attend to llama.cpp's cache only). Immutable once built, and shared by the graphs that would build
+// the same one (find_op), so that the op's node (its userdata pointer) is the same bytes from token to token.
 struct LayerOp {
-    int32_t                                       il       = -1;
-    float                                         kq_scale = 0.0f;
+    uint64_t                                      epoch     = 0;
+    int32_t                                       il        = -1;
+    int64_t                                       n_tokens  = 0;  // query tokens of the graph's ubatch
+    float                                         kq_scale  = 0.0f;
+    bool                                          on_device = false;
     std::map<int32_t, const cocktail_kv_region *> regions;             // seq -> its regions (compacted sequences)
     std::vector<SegmentedCache *>                 owners;              // where a runtime error is reported
-    ggml_tensor *                                 seq_ids        = nullptr;
     size_t                                        scratch_offset = 0;  // CUDA op: the scratch follows the output
+
+    bool same_as(const LayerOp & o) const {
+        return epoch == o.epoch && il == o.il && n_tokens == o.n_tokens && kq_scale == o.kq_scale &&
+               on_device == o.on_device && regions == o.regions && owners == o.owners &&
+               scratch_offset == o.scratch_offset;
+    }
 
     void report(const std::string & msg) const {
         for (SegmentedCache * o : owners) {
@@ -45,10 +57,11 @@ class SegmentsInput : public llm_graph_input_i {
   public:
     SegmentsInput(uint64_t epoch, std::vector<SeqLayer> keep) : epoch_(epoch), keep_(std::move(keep)) {}
 
-    std::unique_ptr<LayerOp> op;  // null: the layer runs upstream's attention in this graph
+    std::shared_ptr<const LayerOp> op;                 // null: the layer runs upstream's attention in this graph
+    ggml_tensor *                  seq_ids = nullptr;  // the op's input: the sequence of each query token
 
     void set_input(const llama_ubatch * ubatch) override {
-        if (op == nullptr || op->seq_ids == nullptr) {
+        if (op == nullptr || seq_ids == nullptr) {
             return;
         }
         std::vector<int32_t> ids(ubatch->n_tokens, -1);
@@ -65,14 +78,14 @@ class SegmentsInput : public llm_graph_input_i {
                 }
             }
         }
-        ggml_backend_tensor_set(op->seq_ids, ids.data(), 0, ids.size() * sizeof(int32_t));
+        ggml_backend_tensor_set(seq_ids, ids.data(), 0, ids.size() * sizeof(int32_t));
     }
 
     bool can_reuse(const llm_graph_params & params) override {
         if (epoch_ != current_epoch()) {
             return false;
         }
-        return op == nullptr || op->seq_ids == nullptr || op->seq_ids->ne[0] == params.ubatch.n_tokens;
+        return op == nullptr || seq_ids == nullptr || seq_ids->ne[0] == params.ubatch.n_tokens;
     }
 
   private:
@@ -216,19 +229,40 @@ std::string register_cuda_op() {
 
 // The op of a CUDA layer: a 1-D output holding the attention rows, then (256-byte aligned) the kernels' split-K
 // scratch, so ggml's graph allocator provides that memory and the op needs no allocation of its own (CUDA graphs).
-ggml_tensor * build_cuda_op(ggml_context * ctx0, LayerOp * op, ggml_tensor * (&src)[5]) {
-    const ggml_tensor * q         = src[0];
-    const size_t        out_bytes = q->ne[0] * q->ne[1] * q->ne[2] * sizeof(float);
-    op->scratch_offset            = (out_bytes + 255) / 256 * 256;
-    const size_t  scratch         = cuda_graph_attn_scratch(cuda_call(*op, src, nullptr));
-    const int64_t n_floats        = static_cast<int64_t>((op->scratch_offset + scratch) / sizeof(float));
-    ggml_tensor * cur =
-        ggml_custom_4d(ctx0, GGML_TYPE_F32, n_floats, 1, 1, 1, src, 5, attn_mixed_regions_not_on_cuda, 1, op);
+ggml_tensor * build_cuda_op(ggml_context * ctx0, const LayerOp * op, ggml_tensor * (&src)[5]) {
+    const ggml_tensor * q        = src[0];
+    const size_t        scratch  = cuda_graph_attn_scratch(cuda_call(*op, src, nullptr));
+    const int64_t       n_floats = static_cast<int64_t>((op->scratch_offset + scratch) / sizeof(float));
+    ggml_tensor * cur = ggml_custom_4d(ctx0, GGML_TYPE_F32, n_floats, 1, 1, 1, src, 5, attn_mixed_regions_not_on_cuda,
+                                       1, const_cast<LayerOp *>(op));
     // the epoch in the name: ggml-cuda replays a captured CUDA graph when every node's bytes match, and a graph
     // rebuilt after the regions changed could otherwise match the old one (same shapes, a LayerOp at the same
     // address) while its kernels hold the old regions' pointers
     ggml_format_name(cur, "attn_mixed_regions_cuda-%d-%llu", op->il, static_cast<unsigned long long>(current_epoch()));
     return ggml_view_2d(ctx0, cur, q->ne[0] * q->ne[1], q->ne[2], q->ne[0] * q->ne[1] * sizeof(float), 0);
+}
+
+// `fresh`, or the op an earlier graph built with the same content (same epoch, layer, token count, regions): graphs
+// rebuilt from token to token then hand ggml the same node, and ggml-cuda replays its captured CUDA graph instead
+// of launching every kernel again. Ops of older epochs are dropped.
+std::shared_ptr<const LayerOp> find_op(const ggml_tensor * k_storage, std::shared_ptr<LayerOp> fresh) {
+    static std::mutex                                                                           mutex;
+    static std::unordered_map<const ggml_tensor *, std::vector<std::shared_ptr<const LayerOp>>> ops;
+    std::lock_guard<std::mutex>                                                                 lock(mutex);
+    for (auto it = ops.begin(); it != ops.end();) {
+        auto & list = it->second;
+        list.erase(std::remove_if(list.begin(), list.end(), [&](const auto & o) { return o->epoch != fresh->epoch; }),
+                   list.end());
+        it = list.empty() ? ops.erase(it) : std::next(it);
+    }
+    auto & list = ops[k_storage];
+    for (const auto & o : list) {
+        if (o->same_as(*fresh)) {
+            return o;
+        }
+    }
+    list.push_back(std::move(fresh));
+    return list.back();
 }
 
 // Why the op cannot take these tensors (empty: it can).
@@ -321,25 +355,34 @@ ggml_tensor * cocktail_build_attn(ggml_context *     ctx0,
         }
         return nullptr;
     }
-    in->op           = std::make_unique<graph_impl::LayerOp>();
-    in->op->il       = il;
-    in->op->kq_scale = kq_scale;
+    auto op       = std::make_shared<graph_impl::LayerOp>();
+    op->epoch     = current_epoch();
+    op->il        = il;
+    op->n_tokens  = q->ne[2];
+    op->kq_scale  = kq_scale;
+    op->on_device = on_device;
     for (const SeqLayer & s : seqs) {
-        in->op->owners.push_back(s.owner.get());
+        op->owners.push_back(s.owner.get());
         if (s.owner->compacted) {
-            in->op->regions[s.owner->seq_id] = s.layer->regions;
+            op->regions[s.owner->seq_id] = s.layer->regions;
         }
     }
-    in->op->seq_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, q->ne[2]);
-    ggml_set_input(in->op->seq_ids);
-    ggml_format_name(in->op->seq_ids, "cocktail_seq_ids-%d", il);
-    ggml_tensor * args[5] = { q, k, v, kq_mask, in->op->seq_ids };
+    if (on_device) {
+        const size_t out_bytes = q->ne[0] * q->ne[1] * q->ne[2] * sizeof(float);
+        op->scratch_offset     = (out_bytes + 255) / 256 * 256;
+    }
+    in->op      = graph_impl::find_op(storage, std::move(op));
+    in->seq_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, q->ne[2]);
+    ggml_set_input(in->seq_ids);
+    ggml_format_name(in->seq_ids, "cocktail_seq_ids-%d", il);
+    ggml_tensor * args[5] = { q, k, v, kq_mask, in->seq_ids };
     ggml_tensor * cur     = nullptr;
     if (on_device) {
         cur = graph_impl::build_cuda_op(ctx0, in->op.get(), args);
     } else {
         cur = ggml_custom_4d(ctx0, GGML_TYPE_F32, q->ne[0], q->ne[1], q->ne[2], 1, args, 5,
-                             graph_impl::attn_mixed_regions_op, GGML_N_TASKS_MAX, in->op.get());
+                             graph_impl::attn_mixed_regions_op, GGML_N_TASKS_MAX,
+                             const_cast<graph_impl::LayerOp *>(in->op.get()));
         ggml_format_name(cur, "attn_mixed_regions-%d", il);
         cur = ggml_reshape_2d(ctx0, cur, cur->ne[0] * cur->ne[1], cur->ne[2]);
     }
