@@ -68,7 +68,10 @@ def _one(args: argparse.Namespace, model: Path, depth: int, mode: str) -> list[d
 
 def _table(records: list[dict[str, Any]]) -> str:
     ok = [r for r in records if "error" not in r]
-    lines = [kv_bench.markdown(ok)] if ok else []
+    lines = []
+    # one table per model: kv_bench's rows are keyed by depth and mode
+    for model in dict.fromkeys(r["model"] for r in ok):
+        lines.append(f"**{model}**\n\n" + kv_bench.markdown([r for r in ok if r["model"] == model]))
     by: dict[tuple[str, int], dict[str, float]] = {}
     for r in ok:
         if r["metric"] == "ms_per_token":
@@ -84,6 +87,13 @@ def _table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _markdown(doc: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    return (
+        f"# tpot_gpu\n\ncommit {doc['commit']}, {doc['machine']}, {doc['date']}\n\n"
+        f"`{doc['command']}`\n\n{_table(records)}"
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", type=_case, nargs="+", default=[("llama2-7b", 32768), ("llama3-8b", 65536)])
@@ -95,7 +105,12 @@ def main() -> int:
     p.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "cocktail-bench-models")
     p.add_argument("--time-limit", type=float, default=0, help="seconds; no row starts after it (0: none)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tpot_gpu.json")
+    p.add_argument("--table-from", type=Path, help="only rewrite the markdown of this results JSON (no runs)")
     args = p.parse_args()
+    if args.table_from is not None:
+        doc = json.loads(args.table_from.read_text())
+        args.table_from.with_suffix(".md").write_text(_markdown(doc, doc["records"]))
+        return 0
     args.models_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
@@ -112,10 +127,7 @@ def main() -> int:
             doc = kv_bench.result_document("tpot_gpu", records, command)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(doc, indent=2) + "\n")
-            args.out.with_suffix(".md").write_text(
-                f"# tpot_gpu\n\ncommit {doc['commit']}, {doc['machine']}, {doc['date']}\n\n"
-                f"`{doc['command']}`\n\n{_table(records)}"
-            )
+            args.out.with_suffix(".md").write_text(_markdown(doc, records))
     print(_table(records))
     return 0 if records and all("error" not in r for r in records) else 1
 

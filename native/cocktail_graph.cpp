@@ -57,11 +57,14 @@ class SegmentsInput : public llm_graph_input_i {
   public:
     SegmentsInput(uint64_t epoch, std::vector<SeqLayer> keep) : epoch_(epoch), keep_(std::move(keep)) {}
 
-    std::shared_ptr<const LayerOp> op;                 // null: the layer runs upstream's attention in this graph
-    ggml_tensor *                  seq_ids = nullptr;  // the op's input: the sequence of each query token
+    std::shared_ptr<const LayerOp> op;  // null: the layer runs upstream's attention in this graph
+    // the ops' input: the sequence of each query token, one tensor for all layers of the graph (one host-to-device
+    // copy per ubatch, not one per layer); the first layer's input fills it
+    ggml_tensor *                  seq_ids       = nullptr;
+    bool                           fills_seq_ids = false;
 
     void set_input(const llama_ubatch * ubatch) override {
-        if (op == nullptr || seq_ids == nullptr) {
+        if (op == nullptr || seq_ids == nullptr || !fills_seq_ids) {
             return;
         }
         std::vector<int32_t> ids(ubatch->n_tokens, -1);
@@ -372,9 +375,13 @@ ggml_tensor * cocktail_build_attn(ggml_context *     ctx0,
         op->scratch_offset     = (out_bytes + 255) / 256 * 256;
     }
     in->op      = graph_impl::find_op(storage, std::move(op));
-    in->seq_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, q->ne[2]);
-    ggml_set_input(in->seq_ids);
-    ggml_format_name(in->seq_ids, "cocktail_seq_ids-%d", il);
+    in->seq_ids = ggml_get_tensor(ctx0, "cocktail_seq_ids");  // ctx0 holds this graph's tensors only
+    if (in->seq_ids == nullptr || in->seq_ids->ne[0] != q->ne[2]) {
+        in->seq_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, q->ne[2]);
+        ggml_set_input(in->seq_ids);
+        ggml_set_name(in->seq_ids, "cocktail_seq_ids");
+        in->fills_seq_ids = true;
+    }
     ggml_tensor * args[5] = { q, k, v, kq_mask, in->seq_ids };
     ggml_tensor * cur     = nullptr;
     if (on_device) {
