@@ -11,11 +11,10 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 namespace cocktail::cuda_pack_impl {
 
-__device__ const __forceinline__ uint8_t * element(const PackSource & s, int head, int pos, int channel) {
+const __device__ __forceinline__ uint8_t * element(const PackSource & s, int head, int pos, int channel) {
     return s.data + static_cast<size_t>(head) * s.nb_head + static_cast<size_t>(s.cells[pos]) * s.nb_token +
            static_cast<size_t>(channel) * s.nb_channel;
 }
@@ -111,15 +110,14 @@ void cuda_pack_region(int                precision,
         throw std::runtime_error("packing on the GPU: head_dim " + std::to_string(head_dim) +
                                  " (a multiple of 32, at most 1024)");
     }
-    const PackSource & s       = src;
-    const int          n_units = n_head_kv * region_n_blocks(n_tokens);
+    const int n_units = n_head_kv * region_n_blocks(n_tokens);
     if (precision == COCKTAIL_PREC_F16) {
-        pack_f16<<<dim3(n_tokens, n_head_kv), head_dim>>>(reinterpret_cast<uint16_t *>(dst), n_tokens, head_dim, s);
+        pack_f16<<<dim3(n_tokens, n_head_kv), head_dim>>>(reinterpret_cast<uint16_t *>(dst), n_tokens, head_dim, src);
     } else if (part == COCKTAIL_KV_K) {
-        pack_k<<<n_units, head_dim>>>(precision_bits(precision), dst, n_tokens, head_dim, s);
+        pack_k<<<n_units, head_dim>>>(precision_bits(precision), dst, n_tokens, head_dim, src);
     } else {
         pack_v<<<n_units, kBlockTokens * head_dim / kGroupChannels>>>(precision_bits(precision), dst, n_tokens,
-                                                                      head_dim, s);
+                                                                      head_dim, src);
     }
     if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
         cuda_throw(err, "pack kernel launch");
