@@ -10,7 +10,7 @@ repo="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${OUT:-/tmp/out}"
 mkdir -p "$out"
 if [ ! -d /tmp/site/cocktail_gguf ]; then
-  TESTS="${TESTS-tests/test_segmented_cuda.py tests/test_cocktail_e2e.py tests/test_state_segmented.py tests/test_f16_snapshot.py tests/test_chat_replanning.py tests/test_attn_cuda.py}" \
+  TESTS="${TESTS-tests/test_pack_cuda.py tests/test_segmented_cuda.py tests/test_cocktail_e2e.py tests/test_state_segmented.py tests/test_f16_snapshot.py tests/test_chat_replanning.py tests/test_attn_cuda.py}" \
     bash "$repo/bench/device/build_cuda.sh" || echo "build or tests failed (exit $?): the bench runs anyway"
 fi
 cd /tmp  # the installed CUDA build, not the source tree
