@@ -121,6 +121,12 @@ def main() -> int:
     )
     parser.add_argument("--n-batch", type=int, default=None, help="GGUF encoders: n_batch (default 256)")
     parser.add_argument("--pack-tokens", type=int, default=None, help="GGUF encoders: tokens per decode")
+    parser.add_argument(
+        "--flash-attn",
+        choices=["on", "off"],
+        default=None,
+        help="GGUF encoders: llama.cpp's fused attention (default: the encoder's, on with GPU layers)",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -144,6 +150,8 @@ def main() -> int:
             opts["n_batch"] = args.n_batch
         if args.pack_tokens is not None:
             opts["pack_tokens"] = args.pack_tokens
+        if args.flash_attn is not None:
+            opts["flash_attn"] = args.flash_attn == "on"
         return opts
 
     def load(spec: str, gpu_layers: int) -> Any:
@@ -186,6 +194,7 @@ def main() -> int:
         for depth, ids in contexts.items():
             for cache_state in ("cold", "warm"):
                 times, cpu_times = [], []
+                phases: dict[str, list[float]] = {}
                 plan = None
                 for _run in range(args.runs):
                     cache = EmbeddingCache()
@@ -193,12 +202,16 @@ def main() -> int:
                         plan_context(
                             ids, queries[1], tokenizer=llm, encoder=encoder, cache=cache, progress=False
                         )
+                    before = dict(getattr(encoder, "timings", {}))
                     start, cpu_start = time.perf_counter(), time.process_time()
                     plan = plan_context(
                         ids, queries[0], tokenizer=llm, encoder=encoder, cache=cache, progress=False
                     )
                     times.append((time.perf_counter() - start) * 1e3)
                     cpu_times.append((time.process_time() - cpu_start) * 1e3)
+                    for key, total in getattr(encoder, "timings", {}).items():  # GGUF encoders' phases
+                        scale = 1e3 if key.endswith("_s") else 1
+                        phases.setdefault(key, []).append((total - before[key]) * scale)
                 assert plan is not None
                 rec = {
                     **base,
@@ -213,12 +226,20 @@ def main() -> int:
                     "n_chunks": plan.n_chunks,
                     # process CPU time (all threads): less sensitive to other load than wall time
                     "cpu_ms": round(statistics.median(cpu_times), 1),
+                    # the encoder's share (GGUF: ms tokenizing, in llama_decode, fetching; decodes), medians
+                    **{
+                        f"encoder_{k.removesuffix('_s')}" + ("_ms" if k.endswith("_s") else ""): round(
+                            statistics.median(v), 1
+                        )
+                        for k, v in phases.items()
+                    },
                 }
                 records.append(rec)
                 print(
                     f"{spec:12s} depth {depth:6d} {cache_state}: plan {rec['value']:9.1f} ms "
                     f"(min {rec['min']:.1f}, max {rec['max']:.1f}; cpu {rec['cpu_ms']:.0f} ms); "
-                    f"counts {plan.counts}",
+                    f"counts {plan.counts}"
+                    + "".join(f"; {k} {v}" for k, v in rec.items() if k.startswith("encoder_")),
                     flush=True,
                 )
         print(f"{spec:12s} load {load_ms:.0f} ms", flush=True)

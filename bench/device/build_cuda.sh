@@ -4,7 +4,8 @@
 # sdist download) into /tmp/site and runs the test suite with every model layer on the GPU.
 # Usage: COMMIT=<sha> bash bench/device/build_cuda.sh [pytest args]     (CUDA_ARCHS=90 by default)
 #   TESTS="tests/test_attn_cuda.py ..." runs only those files; SANITIZE="<pytest -k expr>" then runs
-#   compute-sanitizer memcheck and racecheck over the CUDA op tests selected by that expression.
+#   compute-sanitizer memcheck and racecheck over the attention tests selected by that expression and the GPU
+#   pack's tests selected by SANITIZE_PACK (default: all but the 32K one).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$repo"
@@ -40,13 +41,17 @@ done
 t2=$(date +%s)
 echo "tests: $((t2 - t1)) s, pytest exit $rc" | tee -a "$out/summary.txt"
 if [ -n "${SANITIZE:-}" ]; then
+  # the attention tests selected by SANITIZE, and the GPU pack's tests selected by SANITIZE_PACK
   for tool in memcheck racecheck; do
-    PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 compute-sanitizer --tool "$tool" --error-exitcode 86 --target-processes all \
-      python3 -m pytest -q -p no:cacheprovider --rootdir "$repo" "$repo/tests/test_attn_cuda.py" -k "$SANITIZE" \
-      > "$out/sanitizer-$tool.log" 2>&1
-    r=$?
-    echo "compute-sanitizer $tool: exit $r, $(grep -c 'ERROR SUMMARY: 0 errors' "$out/sanitizer-$tool.log") clean summaries, $(tail -1 "$out/sanitizer-$tool.log")" | tee -a "$out/summary.txt"
-    [ "$r" = 0 ] || rc=$r
+    : > "$out/sanitizer-$tool.log"
+    for sel in "test_attn_cuda.py|$SANITIZE" "test_pack_cuda.py|${SANITIZE_PACK:-not 32k}"; do
+      PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 compute-sanitizer --tool "$tool" --error-exitcode 86 --target-processes all \
+        python3 -m pytest -q -p no:cacheprovider --rootdir "$repo" "$repo/tests/${sel%%|*}" -k "${sel#*|}" \
+        >> "$out/sanitizer-$tool.log" 2>&1
+      r=$?
+      echo "compute-sanitizer $tool ${sel%%|*}: exit $r, $(grep -c 'ERROR SUMMARY: 0 errors' "$out/sanitizer-$tool.log") clean summaries so far, $(tail -1 "$out/sanitizer-$tool.log")" | tee -a "$out/summary.txt"
+      [ "$r" = 0 ] || rc=$r
+    done
   done
 fi
 exit "$rc"

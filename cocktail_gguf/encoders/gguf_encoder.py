@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ class GGUFEncoder:
     attends over the whole batch under a mask, so packing fewer tokens wastes less (measured on
     2 cores: 96 beats 256 by ~25 %, 512 by ~40 %). On a GPU (``n_gpu_layers=-1``: every layer; a
     CUDA build) launches dominate instead: pack many texts per decode, e.g. n_batch=pack_tokens=2048.
+    flash_attn: llama.cpp's fused attention (default: on when layers are on the GPU, where the unfused
+    path writes a [tokens x tokens] score matrix per head and layer; off on the CPU).
+    ``timings`` adds up, over every `embed`, the seconds spent tokenizing, in llama_decode and copying
+    embeddings out, and the number of decodes (bench/plan_speed.py reports them).
     """
 
     def __init__(
@@ -37,6 +42,7 @@ class GGUFEncoder:
         pack_tokens: int = 96,
         max_tokens: int | None = None,
         n_gpu_layers: int = 0,
+        flash_attn: bool | None = None,
         verbose: bool = False,
     ) -> None:
         self.path = Path(path).resolve()
@@ -50,6 +56,8 @@ class GGUFEncoder:
             raise ValueError(f"pack_tokens={pack_tokens!r} must be a positive integer")
         if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers={n_gpu_layers!r} must be an integer >= -1 (-1: every layer)")
+        if flash_attn is not None and not isinstance(flash_attn, bool):
+            raise ValueError(f"flash_attn={flash_attn!r} must be True, False or None (on with GPU layers)")
         self.pack_tokens = pack_tokens
         from .. import _native
 
@@ -67,6 +75,7 @@ class GGUFEncoder:
             n_threads=threads,
             n_threads_batch=threads,
             n_gpu_layers=n_gpu_layers,
+            flash_attn=n_gpu_layers != 0 if flash_attn is None else flash_attn,
             verbose=verbose,
         )
         if self.llm.pooling_type() in (
@@ -80,6 +89,7 @@ class GGUFEncoder:
         limit = int(meta.get("cocktail.encoder.max_seq_length", 0)) or self.llm.n_ctx()
         self.max_tokens = min(max_tokens or limit, n_batch)
         self._name = f"gguf:{self.path}:{pooling}"
+        self.timings: dict[str, float] = {"tokenize_s": 0.0, "decode_s": 0.0, "fetch_s": 0.0, "n_decodes": 0}
 
     @property
     def name(self) -> str:
@@ -132,7 +142,9 @@ class GGUFEncoder:
         n_embd = self.llm.n_embd()
         if not texts:
             return np.zeros((0, n_embd), dtype=np.float32)
+        start = time.perf_counter()
         fitted = [self._fit(t) for t in texts]
+        self.timings["tokenize_s"] += time.perf_counter() - start
         # One llama_decode per group of at most pack_tokens tokens (and n_seq_max texts): every token of a
         # BERT batch attends over the whole batch (masked), so small batches waste less on a CPU.
         max_seqs = int(self.llm.context_params.n_seq_max)
@@ -150,13 +162,18 @@ class GGUFEncoder:
         k = 0
         ctx = self.llm._ctx.ctx
         for group in groups:
+            start = time.perf_counter()
             self._decode(group)
+            fetched = time.perf_counter()
+            self.timings["decode_s"] += fetched - start
+            self.timings["n_decodes"] += 1
             for i in range(len(group)):
                 ptr = llama_cpp.llama_get_embeddings_seq(ctx, i)
                 if not ptr:
                     raise RuntimeError(f"{self.path}: llama.cpp returned no pooled embedding for text {k}")
                 rows[k] = np.ctypeslib.as_array(ptr, shape=(n_embd,))
                 k += 1
+            self.timings["fetch_s"] += time.perf_counter() - fetched
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
         # A zero row stays zero (the planner names it) instead of becoming NaN here.
         normed: np.ndarray = rows / np.where(norms > 0, norms, 1.0)
