@@ -41,17 +41,6 @@ done
 t2=$(date +%s)
 echo "tests: $((t2 - t1)) s, pytest exit $rc" | tee -a "$out/summary.txt"
 if [ -n "${SANITIZE:-}" ]; then
-  # the attention tests selected by SANITIZE, and the GPU pack's tests selected by SANITIZE_PACK
-  for tool in memcheck racecheck; do
-    : > "$out/sanitizer-$tool.log"
-    for sel in "test_attn_cuda.py|$SANITIZE" "test_pack_cuda.py|${SANITIZE_PACK:-not 32k}"; do
-      PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 compute-sanitizer --tool "$tool" --error-exitcode 86 --target-processes all \
-        python3 -m pytest -q -p no:cacheprovider --rootdir "$repo" "$repo/tests/${sel%%|*}" -k "${sel#*|}" \
-        >> "$out/sanitizer-$tool.log" 2>&1
-      r=$?
-      echo "compute-sanitizer $tool ${sel%%|*}: exit $r, $(grep -c 'ERROR SUMMARY: 0 errors' "$out/sanitizer-$tool.log") clean summaries so far, $(tail -1 "$out/sanitizer-$tool.log")" | tee -a "$out/summary.txt"
-      [ "$r" = 0 ] || rc=$r
-    done
-  done
+  bash "$repo/bench/device/sanitize_cuda.sh" || rc=$?
 fi
 exit "$rc"
