@@ -125,7 +125,7 @@ def main() -> int:
         "--flash-attn",
         choices=["on", "off"],
         default=None,
-        help="GGUF encoders: llama.cpp's fused attention (default: the encoder's, on with GPU layers)",
+        help="GGUF encoders: llama.cpp's fused attention (default: off)",
     )
     args = parser.parse_args()
 

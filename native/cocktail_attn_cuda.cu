@@ -44,6 +44,8 @@ struct Params {
     size_t          q_nb_token, q_nb_head;
     Segment         seg[kMaxSegments];
     size_t          tk_nb_token, tk_nb_head, tv_nb_token, tv_nb_channel, tv_nb_head;
+    int             tail_k_vec;  // the tail's K rows allow 16-byte loads of 8 channels
+    int             tail_v_vec;  // the tail's V channels are contiguous, 8-byte loads of 4 channels
     const uint8_t * mask;
     size_t          mask_nb_row;
     int             mask_f16;
@@ -250,9 +252,13 @@ __device__ __forceinline__ void unit_scores(const Params &  p,
                         load_halves<8>(s.k + ((static_cast<size_t>(h_kv) * s.n_tokens + t) * D + 8 * sl) * 2, kv);
                     } else {
                         const uint8_t * row = s.k + t * p.tk_nb_token + h_kv * p.tk_nb_head + 16 * sl;
+                        if (p.tail_k_vec) {
+                            load_halves<8>(row, kv);
+                        } else {
 #pragma unroll
-                        for (int i = 0; i < 8; ++i) {
-                            kv[i] = h2f(row + 2 * i);
+                            for (int i = 0; i < 8; ++i) {
+                                kv[i] = h2f(row + 2 * i);
+                            }
                         }
                     }
 #pragma unroll
@@ -284,13 +290,26 @@ __device__ void unit_update(const Params &     p,
                             float *            qs_tab,
                             float *            psm_tab,
                             WarpState<D, GS> & w) {
-    constexpr int   kGroups        = D / 32;
-    constexpr bool  kQuant         = kind == kQ4 || kind == kQ2;
-    constexpr int   kLanesPerToken = 4 * kGroups;
-    constexpr int   kTokensPerStep = 32 / kLanesPerToken;
-    constexpr int   kSteps         = kUnit / kTokensPerStep;
-    const int       slot = lane / kLanesPerToken, gi = (lane % kLanesPerToken) / 4, s4 = lane % 4;
-    const int       n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
+    constexpr int  kGroups        = D / 32;
+    constexpr bool kQuant         = kind == kQ4 || kind == kQ2;
+    constexpr int  kLanesPerToken = 4 * kGroups;
+    constexpr int  kTokensPerStep = 32 / kLanesPerToken;
+    constexpr int  kSteps         = kUnit / kTokensPerStep;
+    const int      slot = lane / kLanesPerToken, gi = (lane % kLanesPerToken) / 4, s4 = lane % 4;
+    const int      n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
+    const int      t        = unit * kUnit + lane;
+    bool           visible  = t < s.n_tokens;
+    float          bias     = 0.0f;
+    if constexpr (kind == kTail) {  // the cache's view is padded with masked cells: skip units that see nothing
+        if (visible && p.mask != nullptr) {
+            const uint8_t * row = p.mask + qi * p.mask_nb_row;
+            bias                = p.mask_f16 ? h2f(row + 2 * t) : reinterpret_cast<const float *>(row)[t];
+            visible             = bias != -INFINITY;
+        }
+        if (!__any_sync(0xffffffffu, visible)) {
+            return;
+        }
+    }
     const uint8_t * vbase =
         kQuant ? s.v + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>() : nullptr;
     // this lane's V code words of the unit, loaded before the scores so that both streams are in flight together
@@ -307,14 +326,6 @@ __device__ void unit_update(const Params &     p,
     __syncwarp();  // the previous unit's reads of this warp's tables are done
     float score[GS];
     unit_scores<D, GS, kind>(p, s, h_kv, unit, lane, sq, qs_tab, score);
-    const int t       = unit * kUnit + lane;
-    bool      visible = t < s.n_tokens;
-    float     bias    = 0.0f;
-    if (kind == kTail && visible && p.mask != nullptr) {
-        const uint8_t * row = p.mask + qi * p.mask_nb_row;
-        bias                = p.mask_f16 ? h2f(row + 2 * t) : reinterpret_cast<const float *>(row)[t];
-        visible             = bias != -INFINITY;
-    }
     float prob[GS];
     bool  any = false;
 #pragma unroll
@@ -406,10 +417,21 @@ __device__ void unit_update(const Params &     p,
                 }
             } else {
                 const uint8_t * row = s.v + t_abs * p.tv_nb_token + h_kv * p.tv_nb_head;
+                if (p.tail_v_vec) {
+                    float a[4], b[4];
+                    load_halves<4>(row + 2 * ch0, a);
+                    load_halves<4>(row + 2 * (ch0 + 16), b);
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    v[i]     = h2f(row + (ch0 + i) * p.tv_nb_channel);
-                    v[4 + i] = h2f(row + (ch0 + 16 + i) * p.tv_nb_channel);
+                    for (int i = 0; i < 4; ++i) {
+                        v[i]     = a[i];
+                        v[4 + i] = b[i];
+                    }
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        v[i]     = h2f(row + (ch0 + i) * p.tv_nb_channel);
+                        v[4 + i] = h2f(row + (ch0 + 16 + i) * p.tv_nb_channel);
+                    }
                 }
             }
         }
@@ -605,6 +627,18 @@ __global__ void __launch_bounds__(kMergeWarps * 32) attn_merge(const float *  pa
         }
         reinterpret_cast<float *>(out + qi * out_nb_token + h * out_nb_head)[d] = l > 0.0f ? acc / l : 0.0f;
     }
+}
+
+// The tail's strides (bytes) from the call's arguments, and whether its K rows / V channels allow vector loads
+// (contiguous channels, every row and head start aligned) from the device copies k and v.
+void set_tail_layout(Params & p, const cocktail_attn_args & a, const void * k, const void * v) {
+    p.tk_nb_token = a.tail_k_nb_token, p.tk_nb_head = a.tail_k_nb_head;
+    p.tv_nb_token = a.tail_v_nb_token, p.tv_nb_channel = a.tail_v_nb_channel, p.tv_nb_head = a.tail_v_nb_head;
+    const auto aligned = [](const void * ptr, size_t nb_a, size_t nb_b, size_t to) {
+        return reinterpret_cast<uintptr_t>(ptr) % to == 0 && nb_a % to == 0 && nb_b % to == 0;
+    };
+    p.tail_k_vec = aligned(k, p.tk_nb_token, p.tk_nb_head, 16);
+    p.tail_v_vec = p.tv_nb_channel == 2 && aligned(v, p.tv_nb_token, p.tv_nb_head, 8);
 }
 
 int cuda_fail(cudaError_t err, const char * what) {
@@ -816,9 +850,8 @@ int upload_call(const cocktail_attn_args & a, DeviceCall & c) {
             err = c.bufs[nb].upload(a.tail_v,
                                     span(a.tail_v_nb_token, a.tail_v_nb_head, a.tail_v_nb_channel, a.n_head_kv, D));
         }
-        s.v           = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
-        p.tk_nb_token = a.tail_k_nb_token, p.tk_nb_head = a.tail_k_nb_head;
-        p.tv_nb_token = a.tail_v_nb_token, p.tv_nb_channel = a.tail_v_nb_channel, p.tv_nb_head = a.tail_v_nb_head;
+        s.v = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
+        set_tail_layout(p, a, s.k, s.v);
         if (a.mask != nullptr && err == cudaSuccess) {
             err           = c.bufs[nb].upload(a.mask, (n_q - 1) * a.mask_nb_row + a.n_tail * (a.mask_f16 ? 2 : 4));
             p.mask        = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
@@ -906,9 +939,8 @@ int graph_params(const CudaGraphAttn & c, Params & p) {
         }
     }
     if (a.n_tail > 0) {
-        fits          = fits && add(kTail, a.n_tail, -1, a.tail_k, a.tail_v);
-        p.tk_nb_token = a.tail_k_nb_token, p.tk_nb_head = a.tail_k_nb_head;
-        p.tv_nb_token = a.tail_v_nb_token, p.tv_nb_channel = a.tail_v_nb_channel, p.tv_nb_head = a.tail_v_nb_head;
+        fits = fits && add(kTail, a.n_tail, -1, a.tail_k, a.tail_v);
+        set_tail_layout(p, a, a.tail_k, a.tail_v);
         p.mask = static_cast<const uint8_t *>(a.mask), p.mask_nb_row = a.mask_nb_row, p.mask_f16 = a.mask_f16;
     }
     if (!fits) {

@@ -75,6 +75,36 @@ def test_many_regions_and_rows_that_see_nothing() -> None:
         _cuda(b, c, too_many)
 
 
+@needs_cuda
+@pytest.mark.parametrize("group", [1, 4])
+def test_tail_strides_and_masked_padding(group: int) -> None:
+    """The tail's vector loads (16-byte K, 8-byte V) need aligned rows: a tail whose rows are head_dim + 1
+    halves apart takes the scalar loads, a contiguous one the vector loads, a transposed V the strided loads;
+    tail units that the mask hides wholly (llama.cpp pads its cache view) are skipped. Against the CPU op."""
+    rng = np.random.default_rng(17 + group)
+    d, n_kv, n_tail, n_q = 128, 2, 200, 3
+    q = rng.standard_normal((n_q, n_kv * group, d)).astype(np.float32)
+    wide_k = rng.standard_normal((n_kv, n_tail, d + 1)).astype(np.float16)
+    wide_v = rng.standard_normal((n_kv, n_tail, d + 1)).astype(np.float16)
+    mask = np.full((n_q, n_tail), -np.inf, np.float32)
+    mask[0, 40:75] = 0.0  # units 0 and 3-6 hidden from row 0
+    mask[1, :] = 0.0
+    mask[2, 199] = 0.0  # only the last cell
+    layouts = {
+        "unaligned": (wide_k[..., :d], wide_v[..., :d]),
+        "contiguous": (np.ascontiguousarray(wide_k[..., :d]), np.ascontiguousarray(wide_v[..., :d])),
+        "v transposed": (
+            np.ascontiguousarray(wide_k[..., :d]),
+            np.ascontiguousarray(wide_v[..., :d].transpose(0, 2, 1)).transpose(0, 2, 1),
+        ),
+    }
+    for name, (k, v) in layouts.items():
+        args = dict(n_head_kv=n_kv, kq_scale=0.2, tail_k=k, tail_v=v, mask=mask)
+        got = native_ops.attn_mixed_regions(q, [], device="cuda", **args)  # type: ignore[arg-type]
+        want = native_ops.attn_mixed_regions(q, [], n_threads=2, **args)  # type: ignore[arg-type]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=name)
+
+
 @pytest.mark.skipif(bool(_native.build_info().get("cuda")), reason="CUDA build")
 def test_cpu_build_refuses_cuda_with_a_message() -> None:
     c = cpu._random_case(0)

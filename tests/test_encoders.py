@@ -333,6 +333,8 @@ def test_gguf_q8_0_and_cls_pooling(st_minilm, minilm_dir: Path, tmp_path: Path) 
         GGUFEncoder(tmp_path / "q8.gguf", pooling="max")
     with pytest.raises(ValueError, match="n_gpu_layers=-2"):
         GGUFEncoder(tmp_path / "q8.gguf", n_gpu_layers=-2)
+    with pytest.raises(ValueError, match="flash_attn='yes'"):
+        GGUFEncoder(tmp_path / "q8.gguf", flash_attn="yes")  # type: ignore[arg-type]
 
 
 def test_gguf_large_packs_embed_the_same(minilm_gguf: Path) -> None:
@@ -341,9 +343,13 @@ def test_gguf_large_packs_embed_the_same(minilm_gguf: Path) -> None:
     from cocktail_gguf.encoders import GGUFEncoder
 
     texts = TEXTS * 12
-    small = GGUFEncoder(minilm_gguf).embed(texts)
-    big = GGUFEncoder(minilm_gguf, n_batch=2048, pack_tokens=2048, n_gpu_layers=-1).embed(texts)
+    cpu = GGUFEncoder(minilm_gguf)
+    gpu = GGUFEncoder(minilm_gguf, n_gpu_layers=-1)  # GPU defaults: 2048-token packs
+    assert (cpu.pack_tokens, gpu.pack_tokens, gpu.llm.n_batch) == (96, 2048, 2048)
+    small, big = cpu.embed(texts), gpu.embed(texts)
     np.testing.assert_allclose((small * big).sum(axis=1), 1.0, atol=1e-4)
+    assert gpu.timings["n_decodes"] < cpu.timings["n_decodes"]
+    assert all(gpu.timings[k] > 0 for k in ("tokenize_s", "decode_s", "fetch_s"))
 
 
 def test_converter_refuses_what_llama_cpp_cannot_run(minilm_dir: Path, tmp_path: Path) -> None:

@@ -23,11 +23,12 @@ class GGUFEncoder:
     n_batch: the longest text in tokens (a BERT decodes a text in one ubatch); longer texts are
     truncated to ``max_tokens`` (≤ n_batch; default: the GGUF's sentence-transformers limit).
     pack_tokens: tokens per llama_decode when packing several texts. Every token of a BERT batch
-    attends over the whole batch under a mask, so packing fewer tokens wastes less (measured on
-    2 cores: 96 beats 256 by ~25 %, 512 by ~40 %). On a GPU (``n_gpu_layers=-1``: every layer; a
-    CUDA build) launches dominate instead: pack many texts per decode, e.g. n_batch=pack_tokens=2048.
-    flash_attn: llama.cpp's fused attention (default: on when layers are on the GPU, where the unfused
-    path writes a [tokens x tokens] score matrix per head and layer; off on the CPU).
+    attends over the whole batch under a mask, so on a CPU packing fewer tokens wastes less (measured
+    on 2 cores: 96 beats 256 by ~25 %, 512 by ~40 %); on a GPU (``n_gpu_layers`` != 0, a CUDA build)
+    the per-decode cost dominates instead. Defaults: n_batch=256, pack_tokens=96 on the CPU,
+    n_batch=pack_tokens=2048 with GPU layers (bench/results/plan_speed_gpu.md).
+    flash_attn: llama.cpp's fused attention; off by default: for MiniLM's head size (32) llama.cpp's
+    CUDA backend has no such kernel and runs the op on the CPU (planning 2.2-3.4x slower; bench/NOTES.md).
     ``timings`` adds up, over every `embed`, the seconds spent tokenizing, in llama_decode and copying
     embeddings out, and the number of decodes (bench/plan_speed.py reports them).
     """
@@ -38,11 +39,11 @@ class GGUFEncoder:
         *,
         pooling: str = "model",
         n_threads: int | None = None,
-        n_batch: int = 256,
-        pack_tokens: int = 96,
+        n_batch: int | None = None,
+        pack_tokens: int | None = None,
         max_tokens: int | None = None,
         n_gpu_layers: int = 0,
-        flash_attn: bool | None = None,
+        flash_attn: bool = False,
         verbose: bool = False,
     ) -> None:
         self.path = Path(path).resolve()
@@ -50,14 +51,18 @@ class GGUFEncoder:
             raise ValueError(f"GGUF encoder file {str(path)!r} does not exist")
         if pooling not in POOLING_TYPES:
             raise ValueError(f"pooling={pooling!r} is not one of {', '.join(POOLING_TYPES)}")
+        if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
+            raise ValueError(f"n_gpu_layers={n_gpu_layers!r} must be an integer >= -1 (-1: every layer)")
+        if n_batch is None:
+            n_batch = 256 if n_gpu_layers == 0 else 2048
+        if pack_tokens is None:
+            pack_tokens = 96 if n_gpu_layers == 0 else 2048
         if isinstance(n_batch, bool) or not isinstance(n_batch, int) or n_batch < 8:
             raise ValueError(f"n_batch={n_batch!r} must be an integer >= 8")
         if isinstance(pack_tokens, bool) or not isinstance(pack_tokens, int) or pack_tokens < 1:
             raise ValueError(f"pack_tokens={pack_tokens!r} must be a positive integer")
-        if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
-            raise ValueError(f"n_gpu_layers={n_gpu_layers!r} must be an integer >= -1 (-1: every layer)")
-        if flash_attn is not None and not isinstance(flash_attn, bool):
-            raise ValueError(f"flash_attn={flash_attn!r} must be True, False or None (on with GPU layers)")
+        if not isinstance(flash_attn, bool):
+            raise ValueError(f"flash_attn={flash_attn!r} must be True or False")
         self.pack_tokens = pack_tokens
         from .. import _native
 
@@ -75,7 +80,7 @@ class GGUFEncoder:
             n_threads=threads,
             n_threads_batch=threads,
             n_gpu_layers=n_gpu_layers,
-            flash_attn=n_gpu_layers != 0 if flash_attn is None else flash_attn,
+            flash_attn=flash_attn,
             verbose=verbose,
         )
         if self.llm.pooling_type() in (
