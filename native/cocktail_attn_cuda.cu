@@ -312,8 +312,16 @@ __device__ void unit_update(const Params &     p,
     }
     const uint8_t * vbase =
         kQuant ? s.v + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>() : nullptr;
-    // this lane's V code words of the unit, loaded before the scores so that both streams are in flight together
-    uint32_t vword[kQuant ? kSteps : 1];
+    // this lane's V code words of the unit and its token's V scales and mins, loaded before the scores so that
+    // both streams are in flight together (the scales are not a third round trip after the softmax; head_dim 256
+    // loads them late: 16 more live registers would spill under the MHA kernel's 80)
+    constexpr bool kEarlyScales = kQuant && kGroups <= 4;
+    uint32_t       vword[kQuant ? kSteps : 1];
+    float          vs[kGroups], vm[kGroups];
+    if constexpr (kEarlyScales) {
+        load_halves<kGroups>(vbase + 2 * lane * kGroups, vs);
+        load_halves<kGroups>(vbase + 2 * D + 2 * lane * kGroups, vm);
+    }
     if constexpr (kQuant) {
 #pragma unroll
         for (int k = 0; k < kSteps; ++k) {
@@ -352,11 +360,10 @@ __device__ void unit_update(const Params &     p,
     }
     // this lane's token: p * scale and p * min of each V group (F16 / tail: p and 0), for the value lanes
     {
-        float vs[kGroups], vm[kGroups];
-        if constexpr (kQuant) {
+        if constexpr (kQuant && !kEarlyScales) {
             load_halves<kGroups>(vbase + 2 * lane * kGroups, vs);
             load_halves<kGroups>(vbase + 2 * D + 2 * lane * kGroups, vm);
-        } else {
+        } else if constexpr (!kQuant) {
 #pragma unroll
             for (int gi = 0; gi < kGroups; ++gi) {
                 vs[gi] = 1.0f;
