@@ -312,16 +312,8 @@ __device__ void unit_update(const Params &     p,
     }
     const uint8_t * vbase =
         kQuant ? s.v + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>() : nullptr;
-    // this lane's V code words of the unit and its token's V scales and mins, loaded before the scores so that
-    // both streams are in flight together (the scales are not a third round trip after the softmax; head_dim 256
-    // loads them late: 16 more live registers would spill under the MHA kernel's 80)
-    constexpr bool kEarlyScales = kQuant && kGroups <= 4;
-    uint32_t       vword[kQuant ? kSteps : 1];
-    float          vs[kGroups], vm[kGroups];
-    if constexpr (kEarlyScales) {
-        load_halves<kGroups>(vbase + 2 * lane * kGroups, vs);
-        load_halves<kGroups>(vbase + 2 * D + 2 * lane * kGroups, vm);
-    }
+    // this lane's V code words of the unit, loaded before the scores so that both streams are in flight together
+    uint32_t vword[kQuant ? kSteps : 1];
     if constexpr (kQuant) {
 #pragma unroll
         for (int k = 0; k < kSteps; ++k) {
@@ -360,10 +352,11 @@ __device__ void unit_update(const Params &     p,
     }
     // this lane's token: p * scale and p * min of each V group (F16 / tail: p and 0), for the value lanes
     {
-        if constexpr (kQuant && !kEarlyScales) {
+        float vs[kGroups], vm[kGroups];
+        if constexpr (kQuant) {
             load_halves<kGroups>(vbase + 2 * lane * kGroups, vs);
             load_halves<kGroups>(vbase + 2 * D + 2 * lane * kGroups, vm);
-        } else if constexpr (!kQuant) {
+        } else {
 #pragma unroll
             for (int gi = 0; gi < kGroups; ++gi) {
                 vs[gi] = 1.0f;
