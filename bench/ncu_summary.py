@@ -3,7 +3,8 @@
     python bench/ncu_summary.py ncu_step_f16.csv [--step-kernel get_rows] [--top 25]
 
 The window ncu profiled (--launch-skip / --launch-count) holds several decode steps; a step is counted by a
-kernel that runs once per step (default: the token-embedding lookup, `get_rows`). Prints a markdown table of
+kernel launched a known number of times per step (--step-kernel, --per-step; e.g. `rms_norm` 65 times in a
+32-layer Llama). Prints a markdown table of
 kernels (count per step, µs per step, µs per launch) and the total kernel time per step.
 """
 
@@ -67,12 +68,15 @@ def short(name: str) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("csv", type=Path)
-    p.add_argument("--step-kernel", default="get_rows", help="regex of a kernel launched once per step")
+    p.add_argument(
+        "--step-kernel", default="get_rows", help="regex of a kernel launched --per-step times a step"
+    )
+    p.add_argument("--per-step", type=int, default=1, help="launches of --step-kernel per step")
     p.add_argument("--top", type=int, default=25)
     args = p.parse_args()
     rows = read_rows(args.csv)
     marker = re.compile(args.step_kernel)
-    steps = sum(1 for name, _ in rows if marker.search(short(name)))
+    steps = sum(1 for name, _ in rows if marker.search(short(name))) / args.per_step
     if steps == 0:
         print(f"{args.csv}: no kernel matches --step-kernel {args.step_kernel!r}", file=sys.stderr)
         return 1
@@ -82,7 +86,9 @@ def main() -> int:
         total[short(name)] += us
         count[short(name)] += 1
     all_us = sum(total.values())
-    print(f"{args.csv.name}: {len(rows)} launches, {steps} steps (by {args.step_kernel!r})")
+    print(
+        f"{args.csv.name}: {len(rows)} launches, {steps:.2f} steps ({args.per_step} x {args.step_kernel!r})"
+    )
     print(f"kernel time per step: {all_us / steps:.1f} µs\n")
     print("| kernel | launches per step | µs per step | µs per launch |")
     print("|---|---|---|---|")
