@@ -213,7 +213,7 @@ def chunk_similarities(
     texts: Sequence[str],
     query: str,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: bool | None = None,
     cache: EmbeddingCache | None = DEFAULT_CACHE,
 ) -> np.ndarray:
@@ -242,7 +242,7 @@ def plan_context(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     alpha: float = DEFAULT_ALPHA,
     beta: float = DEFAULT_BETA,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: bool | None = None,
     cache: EmbeddingCache | None = DEFAULT_CACHE,
     keep_texts: bool = True,
@@ -252,8 +252,10 @@ def plan_context(
     context: text (tokenized with ``tokenizer``, no BOS) or the token ids exactly as they will sit
     in the KV cache. tokenizer: a `Tokenizer` or a llama_cpp.Llama (``vocab_only=True`` suffices).
     encoder: see `cocktail_gguf.encoders.get_encoder` (default: packaged MiniLM).
-    progress: tqdm bar while embedding (None = only for long contexts). cache: chunk embeddings
-    by (encoder, text); None disables. keep_texts: store the chunk texts in the plan (for its picture).
+    batch_size: texts per encoder call (None: the encoder's preference, e.g. 1024 for a GGUF encoder
+    on the GPU, else 64). progress: tqdm bar while embedding (None = only for long contexts).
+    cache: chunk embeddings by (encoder, text); None disables. keep_texts: store the chunk texts in
+    the plan (for its picture).
     """
     validate_planner_options(chunk_size, alpha, beta)
     if not isinstance(query, str):
@@ -302,7 +304,7 @@ class Planner:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     alpha: float = DEFAULT_ALPHA
     beta: float = DEFAULT_BETA
-    batch_size: int = 64
+    batch_size: int | None = None
     progress: bool | None = None
     cache: EmbeddingCache | None = field(default_factory=lambda: DEFAULT_CACHE)
 

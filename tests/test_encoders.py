@@ -134,6 +134,21 @@ def test_embed_texts_order_dedupe_cache() -> None:
         embed_texts(enc, texts, batch_size=0)
 
 
+def test_embed_texts_batch_size_defaults_to_the_encoders() -> None:
+    """batch_size=None: the encoder's preferred_batch_size (a GGUF encoder on the GPU asks for 1024, so that
+    its packs are full), else 64."""
+    texts = [f"text {i}" for i in range(150)]
+    plain = CountingEncoder()
+    embed_texts(plain, texts, progress=False)
+    assert [len(c) for c in plain.calls] == [64, 64, 22]
+    wide = CountingEncoder()
+    wide.preferred_batch_size = 100  # type: ignore[attr-defined]
+    embed_texts(wide, texts, progress=False)
+    assert [len(c) for c in wide.calls] == [100, 50]
+    embed_texts(wide, [f"other {i}" for i in range(5)], batch_size=2, progress=False)
+    assert [len(c) for c in wide.calls[2:]] == [2, 2, 1]  # the caller's value wins
+
+
 class BadEncoder:
     name = "bad"
 
@@ -346,6 +361,7 @@ def test_gguf_large_packs_embed_the_same(minilm_gguf: Path) -> None:
     cpu = GGUFEncoder(minilm_gguf)
     gpu = GGUFEncoder(minilm_gguf, n_gpu_layers=-1)  # GPU defaults: 2048-token packs
     assert (cpu.pack_tokens, gpu.pack_tokens, gpu.llm.n_batch) == (96, 2048, 2048)
+    assert (cpu.preferred_batch_size, gpu.preferred_batch_size) == (64, 1024)
     small, big = cpu.embed(texts), gpu.embed(texts)
     np.testing.assert_allclose((small * big).sum(axis=1), 1.0, atol=1e-4)
     assert gpu.timings["n_decodes"] < cpu.timings["n_decodes"]

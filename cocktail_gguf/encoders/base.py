@@ -21,6 +21,9 @@ from .cache import EmbeddingCache
 PROGRESS_MIN_TEXTS = 256
 """With progress=None (auto), a bar is shown only from this many texts to embed."""
 
+DEFAULT_BATCH_SIZE = 64
+"""Texts per `Encoder.embed` call when neither the caller nor the encoder (``preferred_batch_size``) says."""
+
 
 @runtime_checkable
 class Encoder(Protocol):
@@ -73,15 +76,19 @@ def embed_texts(
     encoder: Encoder,
     texts: Sequence[str],
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     progress: bool | None = None,
     cache: EmbeddingCache | None = None,
 ) -> np.ndarray:
     """Embeds ``texts`` in batches through ``encoder``, reusing and filling ``cache``.
 
     Texts are embedded longest first so each batch pads little; rows come back in input order.
+    batch_size: texts per `embed` call (None: the encoder's ``preferred_batch_size`` attribute if it
+    has one, else `DEFAULT_BATCH_SIZE`); the progress bar advances once per call.
     progress: True / False / None (auto: a tqdm bar from `PROGRESS_MIN_TEXTS` texts, if installed).
     """
+    if batch_size is None:
+        batch_size = getattr(encoder, "preferred_batch_size", None) or DEFAULT_BATCH_SIZE
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
     texts = list(texts)

@@ -29,6 +29,8 @@ class GGUFEncoder:
     n_batch=pack_tokens=2048 with GPU layers (bench/results/plan_speed_gpu.md).
     flash_attn: llama.cpp's fused attention; off by default: for MiniLM's head size (32) llama.cpp's
     CUDA backend has no such kernel and runs the op on the CPU (planning 2.2-3.4x slower; bench/NOTES.md).
+    ``preferred_batch_size``: texts per `embed` call that the planner's driver uses (64 on the CPU;
+    1024 with GPU layers, so that packs are full rather than cut at every 64 texts).
     ``timings`` adds up, over every `embed`, the seconds spent tokenizing, in llama_decode and copying
     embeddings out, and the number of decodes (bench/plan_speed.py reports them).
     """
@@ -64,6 +66,7 @@ class GGUFEncoder:
         if not isinstance(flash_attn, bool):
             raise ValueError(f"flash_attn={flash_attn!r} must be True or False")
         self.pack_tokens = pack_tokens
+        self.preferred_batch_size = 64 if n_gpu_layers == 0 else 1024
         from .. import _native
 
         _native.lib()  # our libllama, before llama_cpp is imported
