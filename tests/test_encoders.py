@@ -359,8 +359,8 @@ def test_gguf_large_packs_embed_the_same(minilm_gguf: Path) -> None:
 
     texts = TEXTS * 12
     cpu = GGUFEncoder(minilm_gguf)
-    gpu = GGUFEncoder(minilm_gguf, n_gpu_layers=-1)  # GPU defaults: 2048-token packs
-    assert (cpu.pack_tokens, gpu.pack_tokens, gpu.llm.n_batch) == (96, 2048, 2048)
+    gpu = GGUFEncoder(minilm_gguf, n_gpu_layers=-1)  # GPU defaults: 1536-token packs
+    assert (cpu.pack_tokens, gpu.pack_tokens, gpu.llm.n_batch) == (96, 1536, 1536)
     assert (cpu.preferred_batch_size, gpu.preferred_batch_size) == (64, 1024)
     small, big = cpu.embed(texts), gpu.embed(texts)
     np.testing.assert_allclose((small * big).sum(axis=1), 1.0, atol=1e-4)

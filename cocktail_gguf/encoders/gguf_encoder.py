@@ -26,7 +26,7 @@ class GGUFEncoder:
     attends over the whole batch under a mask, so on a CPU packing fewer tokens wastes less (measured
     on 2 cores: 96 beats 256 by ~25 %, 512 by ~40 %); on a GPU (``n_gpu_layers`` != 0, a CUDA build)
     the per-decode cost dominates instead. Defaults: n_batch=256, pack_tokens=96 on the CPU,
-    n_batch=pack_tokens=2048 with GPU layers (bench/results/plan_speed_gpu.md).
+    n_batch=pack_tokens=1536 with GPU layers (bench/results/plan_speed_gpu.md: 1536 beat 2048 by 5 %).
     flash_attn: llama.cpp's fused attention; off by default: for MiniLM's head size (32) llama.cpp's
     CUDA backend has no such kernel and runs the op on the CPU (planning 2.2-3.4x slower; bench/NOTES.md).
     ``preferred_batch_size``: texts per `embed` call that the planner's driver uses (64 on the CPU;
@@ -56,9 +56,9 @@ class GGUFEncoder:
         if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers={n_gpu_layers!r} must be an integer >= -1 (-1: every layer)")
         if n_batch is None:
-            n_batch = 256 if n_gpu_layers == 0 else 2048
+            n_batch = 256 if n_gpu_layers == 0 else 1536
         if pack_tokens is None:
-            pack_tokens = 96 if n_gpu_layers == 0 else 2048
+            pack_tokens = 96 if n_gpu_layers == 0 else 1536
         if isinstance(n_batch, bool) or not isinstance(n_batch, int) or n_batch < 8:
             raise ValueError(f"n_batch={n_batch!r} must be an integer >= 8")
         if isinstance(pack_tokens, bool) or not isinstance(pack_tokens, int) or pack_tokens < 1:
