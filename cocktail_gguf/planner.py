@@ -84,15 +84,14 @@ class LlamaTokenizer:
         if getattr(getattr(self.llm, "_model", None), "vocab", None) is None:  # not a llama_cpp.Llama
             return bytes(self.llm.detokenize([int(i) for i in ids]))
         pieces = self._pieces
-        out = []
-        for i in ids:
-            t = int(i)
-            p = pieces.get(t)
-            if p is None:
-                p = pieces[t] = self._piece(t)
-            out.append(p)
-        text = b"".join(out)
-        if ids and int(ids[0]) == self.llm.token_bos() and text[:1] == b" ":
+        try:
+            text = b"".join([pieces[t] for t in ids])  # the common case: every piece seen before
+        except KeyError:
+            for t in set(ids):
+                if t not in pieces:
+                    pieces[int(t)] = self._piece(int(t))
+            text = b"".join([pieces[t] for t in ids])
+        if text[:1] == b" " and int(ids[0]) == self.llm.token_bos():
             return text[1:]
         return text
 
@@ -175,7 +174,7 @@ def assign_precisions(
 def split_chunks(token_ids: Sequence[int], chunk_size: int) -> tuple[list[list[int]], list[int]]:
     """Full chunks of ``chunk_size`` ids, and the remaining tail (shorter than a chunk)."""
     validate_planner_options(chunk_size, 0.0, 0.0)
-    ids = [int(i) for i in token_ids]
+    ids = list(map(int, token_ids))
     n_full = len(ids) // chunk_size * chunk_size
     return [ids[i : i + chunk_size] for i in range(0, n_full, chunk_size)], ids[n_full:]
 
@@ -205,7 +204,8 @@ def _context_ids(context: str | Sequence[int] | np.ndarray, tokenizer: Tokenizer
         )
     if ids.size and ids.min() < 0:
         raise ValueError(f"context token id {int(ids.min())} is negative")
-    return [int(i) for i in ids.reshape(-1)]
+    out: list[int] = ids.reshape(-1).tolist()
+    return out
 
 
 def chunk_similarities(

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ class GGUFEncoder:
     ``preferred_batch_size``: texts per `embed` call that the planner's driver uses (64 on the CPU;
     1024 with GPU layers, so that packs are full rather than cut at every 64 texts).
     ``timings`` adds up, over every `embed`, the seconds spent tokenizing, in llama_decode and copying
-    embeddings out, and the number of decodes (bench/plan_speed.py reports them).
+    embeddings out (on a GPU: waiting for it too), and the number of decodes (bench/plan_speed.py).
     """
 
     def __init__(
@@ -117,8 +118,6 @@ class GGUFEncoder:
     def _decode(self, seqs: list[list[int]]) -> None:
         """One llama_decode of several texts (sequence i = seqs[i]), the batch filled from numpy arrays:
         on a GPU the per-token Python work of llama-cpp-python's `embed` would cost more than the model."""
-        import ctypes
-
         import llama_cpp
 
         lens = [len(x) for x in seqs]
@@ -150,38 +149,53 @@ class GGUFEncoder:
         n_embd = self.llm.n_embd()
         if not texts:
             return np.zeros((0, n_embd), dtype=np.float32)
-        start = time.perf_counter()
-        fitted = [self._fit(t) for t in texts]
-        self.timings["tokenize_s"] += time.perf_counter() - start
-        # One llama_decode per group of at most pack_tokens tokens (and n_seq_max texts): every token of a
-        # BERT batch attends over the whole batch (masked), so small batches waste less on a CPU.
-        max_seqs = int(self.llm.context_params.n_seq_max)
-        groups: list[list[list[int]]] = [[]]
-        used = 0
-        for ids in fitted:
-            if groups[-1] and (
-                used + len(ids) > min(self.pack_tokens, self.llm.n_batch) or len(groups[-1]) >= max_seqs
-            ):
-                groups.append([])
-                used = 0
-            groups[-1].append(ids)
-            used += len(ids)
         rows = np.empty((len(texts), n_embd), dtype=np.float32)
-        k = 0
         ctx = self.llm._ctx.ctx
-        for group in groups:
+        get_row = llama_cpp.llama_get_embeddings_seq
+        base, row_bytes = rows.ctypes.data, rows.strides[0]
+        t = self.timings
+
+        def fetch(first: int, n: int) -> None:
+            """Rows first..first+n-1 from the last decode (its first call waits for the GPU)."""
+            start = time.perf_counter()
+            for i in range(n):
+                ptr = get_row(ctx, i)
+                if not ptr:
+                    raise RuntimeError(f"{self.path}: llama.cpp gave no pooled embedding of text {first + i}")
+                ctypes.memmove(base + (first + i) * row_bytes, ptr, row_bytes)  # n_embd floats
+            t["fetch_s"] += time.perf_counter() - start
+
+        def decode(group: list[list[int]]) -> None:
             start = time.perf_counter()
             self._decode(group)
-            fetched = time.perf_counter()
-            self.timings["decode_s"] += fetched - start
-            self.timings["n_decodes"] += 1
-            for i in range(len(group)):
-                ptr = llama_cpp.llama_get_embeddings_seq(ctx, i)
-                if not ptr:
-                    raise RuntimeError(f"{self.path}: llama.cpp returned no pooled embedding for text {k}")
-                rows[k] = np.ctypeslib.as_array(ptr, shape=(n_embd,))
-                k += 1
-            self.timings["fetch_s"] += time.perf_counter() - fetched
+            t["decode_s"] += time.perf_counter() - start
+            t["n_decodes"] += 1
+
+        # One llama_decode per group of at most pack_tokens tokens (and n_seq_max texts): every token of a
+        # BERT batch attends over the whole batch (masked), so small batches waste less on a CPU. The next
+        # group's texts are tokenized while the GPU runs the last decode (llama_decode returns before the
+        # GPU is done; fetching its rows waits), so tokenizing costs no wall time there.
+        limit = min(self.pack_tokens, self.llm.n_batch)
+        max_seqs = int(self.llm.context_params.n_seq_max)
+        group: list[list[int]] = []
+        used = done = 0  # tokens in the group; texts decoded
+        in_flight = 0  # texts of the last decode not fetched yet
+        for text in texts:
+            start = time.perf_counter()
+            ids = self._fit(text)
+            t["tokenize_s"] += time.perf_counter() - start
+            if group and (used + len(ids) > limit or len(group) >= max_seqs):
+                if in_flight:
+                    fetch(done - in_flight, in_flight)
+                decode(group)
+                done += len(group)
+                in_flight, group, used = len(group), [], 0
+            group.append(ids)
+            used += len(ids)
+        if in_flight:
+            fetch(done - in_flight, in_flight)
+        decode(group)
+        fetch(done, len(group))
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
         # A zero row stays zero (the planner names it) instead of becoming NaN here.
         normed: np.ndarray = rows / np.where(norms > 0, norms, 1.0)
