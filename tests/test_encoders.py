@@ -368,6 +368,19 @@ def test_gguf_large_packs_embed_the_same(minilm_gguf: Path) -> None:
     assert all(gpu.timings[k] > 0 for k in ("tokenize_s", "decode_s", "fetch_s"))
 
 
+def test_gguf_packs_cut_at_n_seq_max(minilm_gguf: Path) -> None:
+    """More short texts than llama.cpp takes sequences in one batch (n_seq_max, 256): the packs are cut there
+    too, and every row still lands at its text's place."""
+    from cocktail_gguf.encoders import GGUFEncoder
+
+    texts = [f"note {i}: {TEXTS[i % len(TEXTS)][:20]}" for i in range(300)]
+    enc = GGUFEncoder(minilm_gguf, n_batch=4096, pack_tokens=4096)
+    big = enc.embed(texts)
+    assert enc.timings["n_decodes"] == 2  # 256 texts, then 44
+    small = GGUFEncoder(minilm_gguf).embed(texts)
+    np.testing.assert_allclose((small * big).sum(axis=1), 1.0, atol=1e-4)
+
+
 def test_converter_refuses_what_llama_cpp_cannot_run(minilm_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(minilm_dir, bad, ignore=shutil.ignore_patterns("*.safetensors"))
