@@ -101,6 +101,18 @@ template <int N> __device__ __forceinline__ void load_halves(const uint8_t * p, 
     }
 }
 
+// Channels c0..c0+3 and c0+16..c0+19 of one fp16 V row (contiguous channels, 8-byte aligned) as 8 floats.
+__device__ __forceinline__ void load_v8(const uint8_t * row, int c0, float (&v)[8]) {
+    float a[4], b[4];
+    load_halves<4>(row + 2 * c0, a);
+    load_halves<4>(row + 2 * (c0 + 16), b);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        v[i]     = a[i];
+        v[4 + i] = b[i];
+    }
+}
+
 // v[j] (j < 8) is this lane's share of token j's score; the eight lanes of an aligned group swap halves three times
 // (xor 4, 2, 1) so that lane r of the group ends with the sum over the group of v[r].
 __device__ __forceinline__ float reduce_scatter8(float (&v)[8], int r) {
@@ -406,26 +418,11 @@ __device__ void unit_update(const Params &     p,
                 continue;
             }
             if constexpr (kind == kF16) {
-                const uint8_t * row = s.v + (static_cast<size_t>(h_kv) * s.n_tokens + t_abs) * D * 2;
-                float           a[4], b[4];
-                load_halves<4>(row + 2 * ch0, a);
-                load_halves<4>(row + 2 * (ch0 + 16), b);
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    v[i]     = a[i];
-                    v[4 + i] = b[i];
-                }
+                load_v8(s.v + (static_cast<size_t>(h_kv) * s.n_tokens + t_abs) * D * 2, ch0, v);
             } else {
                 const uint8_t * row = s.v + t_abs * p.tv_nb_token + h_kv * p.tv_nb_head;
                 if (p.tail_v_vec) {
-                    float a[4], b[4];
-                    load_halves<4>(row + 2 * ch0, a);
-                    load_halves<4>(row + 2 * (ch0 + 16), b);
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        v[i]     = a[i];
-                        v[4 + i] = b[i];
-                    }
+                    load_v8(row, ch0, v);
                 } else {
 #pragma unroll
                     for (int i = 0; i < 4; ++i) {
