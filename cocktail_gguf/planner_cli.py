@@ -32,6 +32,17 @@ def _load_tokenizer(model: str | None) -> Any:
     return Llama(path, vocab_only=True, verbose=False)
 
 
+def _gguf_encoder_on_gpu(spec: str | None, n_gpu_layers: int) -> Any:
+    """The GGUF encoder ``spec`` names (minilm-gguf or a .gguf file) with n_gpu_layers on the GPU."""
+    from .encoders import GGUFEncoder, minilm_gguf_path
+
+    if spec == "minilm-gguf":
+        return GGUFEncoder(minilm_gguf_path(), n_gpu_layers=n_gpu_layers)
+    if spec is not None and spec.lower().endswith(".gguf") and Path(spec).expanduser().is_file():
+        return GGUFEncoder(Path(spec).expanduser(), n_gpu_layers=n_gpu_layers)
+    raise ValueError(f"--encoder-gpu-layers needs a GGUF encoder (minilm-gguf or a .gguf file), not {spec!r}")
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from .planner import plan_context
 
@@ -39,11 +50,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     llm = _load_tokenizer(args.model)
     start = time.perf_counter()
     try:
+        encoder = args.encoder
+        if args.encoder_gpu_layers is not None:
+            encoder = _gguf_encoder_on_gpu(args.encoder, args.encoder_gpu_layers)
         plan = plan_context(
             context,
             args.query,
             tokenizer=llm,
-            encoder=args.encoder,
+            encoder=encoder,
             chunk_size=args.chunk_size,
             alpha=args.alpha,
             beta=args.beta,
@@ -125,6 +139,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "-e",
         default=None,
         help="minilm (default) | minilm-gguf | bm25 | path to a .gguf encoder | path to a model folder",
+    )
+    p.add_argument(
+        "--encoder-gpu-layers",
+        type=_gpu_layers,
+        default=None,
+        help="a GGUF encoder's layers on the GPU (-1: all; CUDA build), with 1536-token packs",
     )
     p.add_argument("--html", help="write the context coloured by precision to this HTML file")
     p.add_argument("--png", help="write the similarity-per-chunk plot to this PNG file (matplotlib)")

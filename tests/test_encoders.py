@@ -416,3 +416,34 @@ def test_planner_with_gguf_and_st_agree(st_minilm, minilm_gguf: Path) -> None:  
     a = chunk_similarities(gguf_enc, TEXTS, QUERY, cache=None)
     b = chunk_similarities(st_minilm, TEXTS, QUERY, cache=None)
     np.testing.assert_allclose(a, b, atol=5e-3)
+
+
+def test_cli_plan_with_the_gguf_encoder_on_the_gpu(
+    minilm_gguf: Path, tiny_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`cocktail-gguf plan --encoder-gpu-layers -1` loads the GGUF encoder with its layers on the GPU (none
+    here: they stay on the CPU) and its GPU packing, and plans as the default encoder does; an encoder that is
+    not a GGUF is refused by name."""
+    import argparse
+
+    from cocktail_gguf import planner_cli
+    from cocktail_gguf.plan import Plan
+
+    context = tmp_path / "ctx.txt"
+    context.write_text("the rain falls on the plain. " * 20 + "the llama password is blue falcon. " * 2)
+    parser = argparse.ArgumentParser()
+    planner_cli.add_parser(parser.add_subparsers(dest="command", required=True))
+    model = str(tiny_models["tiny-mha"])
+    common = ["plan", "--model", model, "--context", str(context), "--query", "password"]
+    plans = []
+    for extra in (["--encoder-gpu-layers", "-1"], []):
+        args = parser.parse_args([*common, "--encoder", str(minilm_gguf), "--json", *extra])
+        assert args.func(args) == 0
+        plans.append(Plan.from_dict(json.loads(capsys.readouterr().out)))
+    assert plans[0].similarities is not None and plans[1].similarities is not None
+    np.testing.assert_allclose(plans[0].similarities, plans[1].similarities, atol=1e-3)
+    bad = parser.parse_args([*common, "--encoder", "bm25", "--encoder-gpu-layers", "-1"])
+    assert bad.func(bad) == 2
+    assert "--encoder-gpu-layers needs a GGUF encoder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args([*common, "--encoder-gpu-layers", "-3"])
