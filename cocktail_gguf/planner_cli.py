@@ -34,12 +34,11 @@ def _load_tokenizer(model: str | None) -> Any:
 
 def _gguf_encoder_on_gpu(spec: str | None, n_gpu_layers: int) -> Any:
     """The GGUF encoder ``spec`` names (minilm-gguf or a .gguf file) with n_gpu_layers on the GPU."""
-    from .encoders import GGUFEncoder, minilm_gguf_path
+    from .encoders import GGUFEncoder, gguf_encoder_path
 
-    if spec == "minilm-gguf":
-        return GGUFEncoder(minilm_gguf_path(), n_gpu_layers=n_gpu_layers)
-    if spec is not None and spec.lower().endswith(".gguf") and Path(spec).expanduser().is_file():
-        return GGUFEncoder(Path(spec).expanduser(), n_gpu_layers=n_gpu_layers)
+    path = gguf_encoder_path(spec) if spec is not None else None
+    if path is not None:
+        return GGUFEncoder(path, n_gpu_layers=n_gpu_layers)
     raise ValueError(f"--encoder-gpu-layers needs a GGUF encoder (minilm-gguf or a .gguf file), not {spec!r}")
 
 

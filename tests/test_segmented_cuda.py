@@ -42,25 +42,30 @@ CONTEXT = _words(400, 5)
 QUERY = " what is the key? answer:"
 
 
-def _llm(path: Path, n_gpu_layers: int, **kw: Any) -> Llama:
+def _llm(path: Path, n_gpu_layers: int, kv_mode: str = "cocktail", chunk: int = CHUNK, **kw: Any) -> Llama:
     return Llama(
         str(path),
         n_ctx=N_CTX,
         verbose=False,
-        kv_mode="cocktail",
-        chunk_size=CHUNK,
+        kv_mode=kv_mode,
+        chunk_size=chunk,
         n_gpu_layers=n_gpu_layers,
         flash_attn=True,
         **kw,
     )
 
 
-def _plan(llm: Llama, context: str, kind: str, seed: int = 0) -> Plan:
+def _plan(llm: Llama, context: str, kind: str, seed: int = 0, chunk: int = CHUNK) -> Plan:
     n = len(llm.tokenize(context.encode(), add_bos=False, special=False))
     if kind == "mixed":
         rng = random.Random(seed)
-        return Plan(CHUNK, tuple(rng.choice(("f16", "q4", "q2", "q2")) for _ in range(n // CHUNK)), n)
-    return Plan.uniform(n, CHUNK, kind)
+        return Plan(chunk, tuple(rng.choice(("f16", "q4", "q2", "q2")) for _ in range(n // chunk)), n)
+    return Plan.uniform(n, chunk, kind)
+
+
+def _step_error(cpu_logits: np.ndarray, gpu_logits: np.ndarray, i: int) -> float:
+    """max |logit difference| / std(logits) at step i."""
+    return float(np.max(np.abs(cpu_logits[i] - gpu_logits[i]))) / float(np.std(cpu_logits[i]))
 
 
 def _agree(
@@ -71,21 +76,19 @@ def _agree(
     tol: float = LOGIT_TOL,
 ) -> None:
     for i, (a, b) in enumerate(zip(cpu_tokens, gpu_tokens, strict=False)):
-        spread = float(np.std(cpu_logits[i]))
-        err = float(np.max(np.abs(cpu_logits[i] - gpu_logits[i]))) / spread
+        err = _step_error(cpu_logits, gpu_logits, i)
         assert err < tol, f"step {i}: logits differ by {err:.4f} x std"
         if a != b:
             top2 = np.sort(cpu_logits[i])[-2:]
-            assert (top2[1] - top2[0]) / spread < 2 * tol, f"step {i}: token {a} vs {b} with a clear margin"
+            margin = (top2[1] - top2[0]) / float(np.std(cpu_logits[i]))
+            assert margin < 2 * tol, f"step {i}: token {a} vs {b} with a clear margin"
             return
     assert len(cpu_tokens) == len(gpu_tokens)
 
 
 def _divergence(cpu_logits: np.ndarray, gpu_logits: np.ndarray, n: int) -> float:
-    """Max over the first n steps of max |logit difference| / std(logits)."""
-    return max(
-        float(np.max(np.abs(cpu_logits[i] - gpu_logits[i]))) / float(np.std(cpu_logits[i])) for i in range(n)
-    )
+    """Max of `_step_error` over the first n steps."""
+    return max(_step_error(cpu_logits, gpu_logits, i) for i in range(n))
 
 
 @pytest.mark.parametrize("kind", ["mixed", "q2", "q4", "f16"])
@@ -112,20 +115,10 @@ def test_gemma_on_the_gpu_matches_the_cpu(gemma_path: Path) -> None:
     divergence with its F16 cache on the same prompt (twice that, at least LOGIT_TOL)."""
 
     def ask(n_gpu_layers: int, kv_mode: str, plan: Plan | None) -> Any:
-        llm = Llama(
-            str(gemma_path),
-            n_ctx=N_CTX,
-            verbose=False,
-            kv_mode=kv_mode,
-            chunk_size=32,
-            n_gpu_layers=n_gpu_layers,
-            flash_attn=True,
-        )
+        llm = _llm(gemma_path, n_gpu_layers, kv_mode=kv_mode, chunk=32)
         try:
             if plan is None and kv_mode == "cocktail":
-                n = len(llm.tokenize(CONTEXT.encode(), add_bos=False, special=False))
-                rng = random.Random(3)
-                plan = Plan(32, tuple(rng.choice(("f16", "q4", "q2", "q2")) for _ in range(n // 32)), n)
+                plan = _plan(llm, CONTEXT, "mixed", seed=3, chunk=32)
             answer = llm.ask(
                 CONTEXT, QUERY, plan=plan, max_tokens=MAX_TOKENS, ignore_eos=True, return_logits=True
             )

@@ -52,18 +52,25 @@ def minilm_gguf_path(outtype: str = "f16") -> Path:
     return out
 
 
+def gguf_encoder_path(spec: str) -> Path | None:
+    """The GGUF file an encoder spec names ("minilm-gguf": the packaged MiniLM, converted on first use; an
+    existing .gguf file), else None."""
+    if spec == "minilm-gguf":
+        return minilm_gguf_path()
+    path = Path(spec).expanduser()
+    return path if path.is_file() and path.suffix.lower() == ".gguf" else None
+
+
 def _load(spec: str) -> Encoder | SimilarityScorer:
     if spec == "minilm":
         return SentenceTransformerEncoder.default()
-    if spec == "minilm-gguf":
-        return GGUFEncoder(minilm_gguf_path())
     if spec == "bm25":
         return BM25Scorer()
     check_encoder_spec(spec)
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return GGUFEncoder(path)
-    return SentenceTransformerEncoder(path)
+    gguf = gguf_encoder_path(spec)
+    if gguf is not None:
+        return GGUFEncoder(gguf)
+    return SentenceTransformerEncoder(Path(spec).expanduser())
 
 
 def check_encoder_spec(spec: EncoderSpec) -> None:
@@ -120,5 +127,6 @@ __all__ = [
     "default_minilm_path",
     "embed_texts",
     "get_encoder",
+    "gguf_encoder_path",
     "minilm_gguf_path",
 ]
