@@ -121,6 +121,10 @@ def main() -> int:
     )
     parser.add_argument("--n-batch", type=int, default=None, help="GGUF encoders: n_batch (default 256)")
     parser.add_argument("--pack-tokens", type=int, default=None, help="GGUF encoders: tokens per decode")
+    parser.add_argument("--n-threads", type=int, default=None, help="GGUF encoders: CPU threads per context")
+    parser.add_argument(
+        "--n-contexts", type=int, default=None, help="GGUF encoders: contexts decoding packs in threads"
+    )
     parser.add_argument(
         "--flash-attn",
         choices=["on", "off"],
@@ -152,6 +156,10 @@ def main() -> int:
             opts["pack_tokens"] = args.pack_tokens
         if args.flash_attn is not None:
             opts["flash_attn"] = args.flash_attn == "on"
+        if args.n_threads is not None:
+            opts["n_threads"] = args.n_threads
+        if args.n_contexts is not None:
+            opts["n_contexts"] = args.n_contexts
         return opts
 
     def load(spec: str, gpu_layers: int) -> Any:
@@ -179,6 +187,14 @@ def main() -> int:
             "encoder": Path(spec).name if is_gguf(spec) else spec,
             "chunk_size": 32,
         }
+        if isinstance(encoder, GGUFEncoder):  # the settings in effect (defaults included)
+            base["encoder_settings"] = {
+                "n_batch": encoder.llm.n_batch,
+                "pack_tokens": encoder.pack_tokens,
+                "flash_attn": "on" if encoder.flash_attn else "off",
+                "n_threads": encoder.n_threads,
+                "n_contexts": encoder.n_contexts,
+            }
         records.append(
             {
                 **base,

@@ -4,7 +4,8 @@ markdown table beside it.
 
     python bench/plan_speed_table.py bench/results/plan_speed_gpu.json IN.json [IN.json ...] [--command "..."]
 
-Each input's settings (tokens per decode, flash attention) come from its recorded command line.
+Each input's settings (tokens per decode, flash attention, CPU threads, contexts) come from its records
+(older inputs: from its recorded command line).
 """
 
 from __future__ import annotations
@@ -32,8 +33,14 @@ def settings(command: str) -> dict[str, Any]:
 
 
 def merge(inputs: list[dict[str, Any]], command: str | None) -> dict[str, Any]:
+    """The records of every input, each with its encoder's settings at the top level (recorded by
+    plan_speed.py since it records them; else read from the input's command line)."""
     commits = sorted({doc["commit"] for doc in inputs})
-    records = [{**r, **settings(doc["command"])} for doc in inputs for r in doc["records"]]
+    records = [
+        {**settings(doc["command"]), **r, **r.get("encoder_settings", {})}
+        for doc in inputs
+        for r in doc["records"]
+    ]
     return {
         "bench": "plan_speed",
         "commit": ",".join(commits),
@@ -56,9 +63,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "cold = every chunk embedded, warm = cached chunk embeddings (new query). Encoder columns: medians "
         "of the same runs (ms tokenizing, in llama_decode, copying embeddings out; decodes per plan).",
         "",
-        "| tokens per decode | flash attn | depth | cache | plan ms (median) | min | max "
-        "| tokenize | decode | fetch | decodes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| tokens per decode | flash attn | CPU threads | contexts | depth | cache | plan ms (median) | min "
+        "| max | tokenize | decode | fetch | decodes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["records"]:
         if r["metric"] != "plan_ms":
@@ -66,14 +73,17 @@ def markdown(doc: dict[str, Any]) -> str:
         keys = ("encoder_tokenize_ms", "encoder_decode_ms", "encoder_fetch_ms", "encoder_n_decodes")
         enc = [r.get(k, "—") for k in keys]
         lines.append(
-            f"| {r['pack_tokens']} | {r['flash_attn']} | {r['depth']} | {r['cache']} | {r['value']} "
+            f"| {r['pack_tokens']} | {r['flash_attn']} | {r.get('n_threads', '—')} "
+            f"| {r.get('n_contexts', 1)} | {r['depth']} | {r['cache']} | {r['value']} "
             f"| {r['min']} | {r['max']} | {enc[0]} | {enc[1]} | {enc[2]} | {enc[3]} |"
         )
     cos = [r for r in doc["records"] if r["metric"] == "embedding_cos_vs_cpu_min"]
     if cos:
         lines += ["", "GPU vs CPU embeddings (same GGUF), min cosine over a context's chunks:"]
         lines += [
-            f"- {r['pack_tokens']} tokens per decode, flash attn {r['flash_attn']}: {r['value']}" for r in cos
+            f"- {r['pack_tokens']} tokens per decode, flash attn {r['flash_attn']}, "
+            f"{r.get('n_contexts', 1)} context(s): {r['value']}"
+            for r in cos
         ]
     return "\n".join(lines) + "\n"
 

@@ -381,6 +381,41 @@ def test_gguf_packs_cut_at_n_seq_max(minilm_gguf: Path) -> None:
     np.testing.assert_allclose((small * big).sum(axis=1), 1.0, atol=1e-4)
 
 
+@pytest.mark.parametrize("gpu_layers", [0, -1])
+def test_gguf_contexts_in_threads_embed_the_same(minilm_gguf: Path, gpu_layers: int) -> None:
+    """Packs decoded by three contexts from pool threads land at their texts' rows, as with one context; a
+    failing decode in a thread reaches the caller, and the encoder still works after it. With every layer
+    on the GPU (a CUDA build; elsewhere nothing moves) the contexts run on their own CUDA streams."""
+    from cocktail_gguf.encoders import GGUFEncoder
+
+    texts = [f"note {i}: {TEXTS[i % len(TEXTS)]}" for i in range(90)]
+    one = GGUFEncoder(minilm_gguf, pack_tokens=64, n_gpu_layers=gpu_layers, n_contexts=1)
+    three = GGUFEncoder(minilm_gguf, pack_tokens=64, n_gpu_layers=gpu_layers, n_contexts=3)
+    default = GGUFEncoder(minilm_gguf, n_gpu_layers=gpu_layers)
+    assert (one.n_contexts, three.n_contexts, default.n_contexts) == (1, 3, 1 if gpu_layers == 0 else 2)
+    want, got = one.embed(texts), three.embed(texts)
+    assert three.timings["n_decodes"] == one.timings["n_decodes"] > 10
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+    calls = 0
+    decode = three._decode
+
+    def fail_once(ctx: object, seqs: list[list[int]]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise RuntimeError("decode 5 failed")
+        decode(ctx, seqs)
+
+    three._decode = fail_once  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="decode 5 failed"):
+        three.embed(texts)
+    np.testing.assert_allclose(three.embed(texts), want, atol=1e-5)
+    three.close()
+    with pytest.raises(ValueError, match="n_contexts=0"):
+        GGUFEncoder(minilm_gguf, n_contexts=0)
+
+
 def test_converter_refuses_what_llama_cpp_cannot_run(minilm_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(minilm_dir, bad, ignore=shutil.ignore_patterns("*.safetensors"))

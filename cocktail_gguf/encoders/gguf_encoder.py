@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import queue
+import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +36,12 @@ class GGUFEncoder:
     CUDA backend has no such kernel and runs the op on the CPU (planning 2.2-3.4x slower; bench/NOTES.md).
     ``preferred_batch_size``: texts per `embed` call that the planner's driver uses (64 on the CPU;
     1024 with GPU layers, so that packs are full rather than cut at every 64 texts).
-    ``timings`` adds up, over every `embed`, the seconds spent tokenizing, in llama_decode and copying
-    embeddings out (on a GPU: waiting for it too), and the number of decodes (bench/plan_speed.py).
+    n_contexts: llama contexts over the one set of weights, each decoding its own packs from a thread of
+    its own, so that one decode's host work (llama.cpp's batch checks, KQ mask, graph build) overlaps
+    another's GPU work; default 1 on the CPU (its threads are busy with the model), 2 with GPU layers.
+    ``timings`` adds up, over every `embed`, the seconds spent tokenizing, in llama_decode (on a GPU:
+    until the GPU is done) and copying embeddings out, summed over the contexts' threads, and the number
+    of decodes (bench/plan_speed.py).
     """
 
     def __init__(
@@ -47,6 +55,7 @@ class GGUFEncoder:
         max_tokens: int | None = None,
         n_gpu_layers: int = 0,
         flash_attn: bool = False,
+        n_contexts: int | None = None,
         verbose: bool = False,
     ) -> None:
         self.path = Path(path).resolve()
@@ -66,6 +75,10 @@ class GGUFEncoder:
             raise ValueError(f"pack_tokens={pack_tokens!r} must be a positive integer")
         if not isinstance(flash_attn, bool):
             raise ValueError(f"flash_attn={flash_attn!r} must be True or False")
+        if n_contexts is None:
+            n_contexts = 1 if n_gpu_layers == 0 else 2
+        if isinstance(n_contexts, bool) or not isinstance(n_contexts, int) or n_contexts < 1:
+            raise ValueError(f"n_contexts={n_contexts!r} must be a positive integer")
         self.pack_tokens = pack_tokens
         self.preferred_batch_size = 64 if n_gpu_layers == 0 else 1024
         from .. import _native
@@ -74,6 +87,7 @@ class GGUFEncoder:
         import llama_cpp
 
         threads = n_threads or max(1, os.cpu_count() or 1)
+        self.n_threads, self.flash_attn = threads, flash_attn
         self.llm: Any = llama_cpp.Llama(
             str(self.path),
             embedding=True,
@@ -99,6 +113,21 @@ class GGUFEncoder:
         self.max_tokens = min(max_tokens or limit, n_batch)
         self._name = f"gguf:{self.path}:{pooling}"
         self.timings: dict[str, float] = {"tokenize_s": 0.0, "decode_s": 0.0, "fetch_s": 0.0, "n_decodes": 0}
+        self._timings_lock = threading.Lock()
+        # Further llama contexts over the same weights, each decoding its own packs from a pool thread.
+        from llama_cpp._internals import LlamaContext
+
+        self._contexts: list[Any] = [self.llm._ctx.ctx]
+        self._extra: list[Any] = []
+        for _ in range(n_contexts - 1):
+            extra = LlamaContext(model=self.llm._model, params=self.llm.context_params, verbose=verbose)
+            self._extra.append(extra)
+            self._contexts.append(extra.ctx)
+        self.n_contexts = n_contexts
+        self._free_contexts: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for ctx in self._contexts:
+            self._free_contexts.put(ctx)
+        self._pool = ThreadPoolExecutor(n_contexts, "gguf-encoder") if n_contexts > 1 else None
 
     @property
     def name(self) -> str:
@@ -115,9 +144,10 @@ class GGUFEncoder:
             keep -= max(1, len(ids) - self.max_tokens)
         return list(ids)
 
-    def _decode(self, seqs: list[list[int]]) -> None:
-        """One llama_decode of several texts (sequence i = seqs[i]), the batch filled from numpy arrays:
-        on a GPU the per-token Python work of llama-cpp-python's `embed` would cost more than the model."""
+    def _decode(self, ctx: Any, seqs: list[list[int]]) -> None:
+        """One llama_decode of several texts (sequence i = seqs[i]) on the llama context ``ctx``, the batch
+        filled from numpy arrays: on a GPU the per-token Python work of llama-cpp-python's `embed` would
+        cost more than the model."""
         import llama_cpp
 
         lens = [len(x) for x in seqs]
@@ -135,7 +165,6 @@ class GGUFEncoder:
         batch.n_seq_id = n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
         batch.seq_id = seq_ptrs.ctypes.data_as(ctypes.POINTER(ctypes.POINTER(llama_cpp.llama_seq_id)))
         batch.logits = out.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
-        ctx = self.llm._ctx.ctx
         mem = llama_cpp.llama_get_memory(ctx)
         if mem:  # embedding models with a KV cache (causal ones): every batch starts empty
             llama_cpp.llama_memory_clear(mem, True)
@@ -143,65 +172,92 @@ class GGUFEncoder:
         if rc != 0:
             raise RuntimeError(f"{self.path}: llama_decode returned {rc} for {len(seqs)} texts of {n} tokens")
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def _packs(self, texts: list[str]) -> Iterator[tuple[int, list[list[int]]]]:
+        """(index of the first text, token ids of each text) per llama_decode: at most pack_tokens tokens
+        and n_seq_max texts. Every token of a BERT batch attends over the whole batch (masked), so small
+        batches waste less on a CPU."""
+        limit = min(self.pack_tokens, self.llm.n_batch)
+        max_seqs = int(self.llm.context_params.n_seq_max)
+        group: list[list[int]] = []
+        used = first = 0  # tokens in the group; index of its first text
+        for i, text in enumerate(texts):
+            start = time.perf_counter()
+            ids = self._fit(text)
+            self._count("tokenize_s", time.perf_counter() - start)
+            if group and (used + len(ids) > limit or len(group) >= max_seqs):
+                yield first, group
+                group, used, first = [], 0, i
+            group.append(ids)
+            used += len(ids)
+        if group:
+            yield first, group
+
+    def _count(self, key: str, amount: float) -> None:
+        with self._timings_lock:
+            self.timings[key] += amount
+
+    def _embed_pack(self, ctx: Any, first: int, group: list[list[int]], rows: np.ndarray) -> None:
+        """Decodes ``group`` on ``ctx`` and copies its pooled rows to rows[first : first + len(group)]. On a
+        GPU llama_decode returns only once the GPU is done: llama.cpp copies the pooled rows to pageable
+        host memory, which waits for the stream."""
         import llama_cpp
 
+        start = time.perf_counter()
+        self._decode(ctx, group)
+        fetched = time.perf_counter()
+        base, row_bytes = rows.ctypes.data, rows.strides[0]
+        for i in range(len(group)):
+            ptr = llama_cpp.llama_get_embeddings_seq(ctx, i)
+            if not ptr:
+                raise RuntimeError(f"{self.path}: llama.cpp gave no pooled embedding of text {first + i}")
+            ctypes.memmove(base + (first + i) * row_bytes, ptr, row_bytes)  # n_embd floats
+        end = time.perf_counter()
+        with self._timings_lock:
+            self.timings["decode_s"] += fetched - start
+            self.timings["fetch_s"] += end - fetched
+            self.timings["n_decodes"] += 1
+
+    def _embed_pack_pooled(self, first: int, group: list[list[int]], rows: np.ndarray) -> None:
+        """`_embed_pack` on whichever context is free (one per worker thread of the pool)."""
+        ctx = self._free_contexts.get()
+        try:
+            self._embed_pack(ctx, first, group, rows)
+        finally:
+            self._free_contexts.put(ctx)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
         n_embd = self.llm.n_embd()
         if not texts:
             return np.zeros((0, n_embd), dtype=np.float32)
         rows = np.empty((len(texts), n_embd), dtype=np.float32)
-        ctx = self.llm._ctx.ctx
-        get_row = llama_cpp.llama_get_embeddings_seq
-        base, row_bytes = rows.ctypes.data, rows.strides[0]
-        t = self.timings
-
-        def fetch(first: int, n: int) -> None:
-            """Rows first..first+n-1 from the last decode (its first call waits for the GPU)."""
-            start = time.perf_counter()
-            for i in range(n):
-                ptr = get_row(ctx, i)
-                if not ptr:
-                    raise RuntimeError(f"{self.path}: llama.cpp gave no pooled embedding of text {first + i}")
-                ctypes.memmove(base + (first + i) * row_bytes, ptr, row_bytes)  # n_embd floats
-            t["fetch_s"] += time.perf_counter() - start
-
-        def decode(group: list[list[int]]) -> None:
-            start = time.perf_counter()
-            self._decode(group)
-            t["decode_s"] += time.perf_counter() - start
-            t["n_decodes"] += 1
-
-        # One llama_decode per group of at most pack_tokens tokens (and n_seq_max texts): every token of a
-        # BERT batch attends over the whole batch (masked), so small batches waste less on a CPU. The next
-        # group's texts are tokenized while the GPU runs the last decode (llama_decode returns before the
-        # GPU is done; fetching its rows waits), so tokenizing costs no wall time there.
-        limit = min(self.pack_tokens, self.llm.n_batch)
-        max_seqs = int(self.llm.context_params.n_seq_max)
-        group: list[list[int]] = []
-        used = done = 0  # tokens in the group; texts decoded
-        in_flight = 0  # texts of the last decode not fetched yet
-        for text in texts:
-            start = time.perf_counter()
-            ids = self._fit(text)
-            t["tokenize_s"] += time.perf_counter() - start
-            if group and (used + len(ids) > limit or len(group) >= max_seqs):
-                if in_flight:
-                    fetch(done - in_flight, in_flight)
-                decode(group)
-                done += len(group)
-                in_flight, group, used = len(group), [], 0
-            group.append(ids)
-            used += len(ids)
-        if in_flight:
-            fetch(done - in_flight, in_flight)
-        decode(group)
-        fetch(done, len(group))
+        if self._pool is None:
+            for first, group in self._packs(texts):
+                self._embed_pack(self._contexts[0], first, group, rows)
+        else:
+            # The packs are tokenized here while the pool's threads decode the earlier ones, each on its own
+            # context: one thread's host work (batch checks, the KQ mask, graph build) overlaps another's
+            # GPU work.
+            futures: list[Future[None]] = []
+            try:
+                for first, group in self._packs(texts):
+                    futures.append(self._pool.submit(self._embed_pack_pooled, first, group, rows))
+            finally:
+                wait(futures)
+            for future in futures:
+                future.result()  # the first failure, if any
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
         # A zero row stays zero (the planner names it) instead of becoming NaN here.
         normed: np.ndarray = rows / np.where(norms > 0, norms, 1.0)
         return normed
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for extra in self._extra:
+            extra.close()
+        self._extra = []
+        self._contexts = self._contexts[:1]
         self.llm.close()
 
     def __repr__(self) -> str:
