@@ -742,12 +742,8 @@ int launch_merge(const Params & p,
     return COCKTAIL_OK;
 }
 
-int run(const cocktail_attn_args & a, Params & p, cudaStream_t stream, int max_splits = 1 << 30) {
-    const int D = a.head_dim;
-    if (!head_dim_supported(D)) {
-        return fail(COCKTAIL_EUNSUPPORTED, "cocktail_attn_mixed_regions_cuda: head_dim " + std::to_string(D) +
-                                               " (CUDA kernels: 32, 64, 128, 256)");
-    }
+// The partial kernel over p (head_dim D, checked by graph_params), at most max_splits token splits.
+int run(int D, Params & p, cudaStream_t stream, int max_splits) {
     const int  gs = plan_launch(p, D, max_splits);
     const dim3 grid(p.n_head_kv * p.n_gblocks, p.n_splits, p.n_q);
     void *     args[] = { &p };
@@ -779,13 +775,15 @@ struct DeviceBuffer {
     }
 };
 
-// Device copies of an attention call's inputs (pointers in the args are host memory), scratch and output.
+// Device copies of an attention call's inputs (pointers in the args are host memory) as a graph op call, so that
+// the C API runs the graph op's own path (segment table, split plan, merge); its scratch and output.
 struct DeviceCall {
-    Params                    p{};
-    std::vector<DeviceBuffer> bufs;
-    DeviceBuffer              acc, ml, out;
-    size_t                    out_bytes = 0, bytes_read = 0;
-    int                       n_head = 0, D = 0;
+    CudaGraphAttn                   call;
+    std::vector<cocktail_kv_region> regions;  // the args' regions, device pointers
+    std::vector<DeviceBuffer>       bufs;
+    DeviceBuffer                    scratch, out;
+    size_t                          out_bytes = 0, bytes_read = 0;
+    int                             n_units = 0;
 };
 
 int upload_call(const cocktail_attn_args & a, DeviceCall & c) {
@@ -798,11 +796,13 @@ int upload_call(const cocktail_attn_args & a, DeviceCall & c) {
                                                ")");
     }
     const int D = a.head_dim, n_q = a.n_q_tokens;
-    Params &  p = c.p;
-    c.n_head = a.n_head, c.D = D;
-    p.n_q = n_q, p.n_head = a.n_head, p.n_head_kv = a.n_head_kv, p.group = a.n_head / a.n_head_kv;
-    p.scale = a.kq_scale;
-    c.bufs.resize(2 * a.n_regions + 6);
+    if (!head_dim_supported(D)) {
+        return fail(COCKTAIL_EUNSUPPORTED, "cocktail_attn_mixed_regions_cuda: head_dim " + std::to_string(D) +
+                                               " (CUDA kernels: 32, 64, 128, 256)");
+    }
+    cocktail_attn_args & d = c.call.args;
+    d                      = a;
+    c.bufs.resize(2 * a.n_regions + 4);
     size_t             nb = 0;
     std::vector<float> q_host(static_cast<size_t>(n_q) * a.n_head * D);  // packed [n_q][n_head][D]
     for (int i = 0; i < n_q; ++i) {
@@ -813,92 +813,73 @@ int upload_call(const cocktail_attn_args & a, DeviceCall & c) {
         }
     }
     cudaError_t err = c.bufs[nb].upload(q_host.data(), q_host.size() * sizeof(float));
-    p.q             = static_cast<const float *>(c.bufs[nb++].ptr);
-    p.q_nb_token = static_cast<size_t>(a.n_head) * D * sizeof(float), p.q_nb_head = D * sizeof(float);
+    d.q             = static_cast<const float *>(c.bufs[nb++].ptr);
+    d.q_nb_token = static_cast<size_t>(a.n_head) * D * sizeof(float), d.q_nb_head = D * sizeof(float);
     c.bytes_read = q_host.size() * sizeof(float);
-    int units    = 0;
-    for (int r = 0; r < a.n_regions && err == cudaSuccess; ++r) {
-        const cocktail_kv_region & reg = a.regions[r];
-        if (reg.n_tokens == 0) {
+    c.regions.assign(a.regions, a.regions + a.n_regions);
+    for (cocktail_kv_region & reg : c.regions) {
+        if (reg.n_tokens == 0 || err != cudaSuccess) {
             continue;
         }
         const size_t bytes = region_bytes(reg.precision, reg.n_tokens, a.n_head_kv, D);
-        Segment &    s     = p.seg[p.n_segments++];
-        s.kind = reg.precision, s.n_tokens = reg.n_tokens, s.unit0 = units, s.seq = -1;
-        err = c.bufs[nb].upload(reg.k, bytes);
-        s.k = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
+        err                = c.bufs[nb].upload(reg.k, bytes);
+        reg.k              = c.bufs[nb++].ptr;
         if (err == cudaSuccess) {
             err = c.bufs[nb].upload(reg.v, bytes);
         }
-        s.v = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
-        units += (reg.n_tokens + kUnit - 1) / kUnit;
+        reg.v = c.bufs[nb++].ptr;
+        c.n_units += (reg.n_tokens + kUnit - 1) / kUnit;
         c.bytes_read += 2 * bytes;
     }
+    d.regions = nullptr, d.n_regions = 0;  // the graph op reads c.call.sets
+    c.call.sets.push_back(CudaRegionSet{ -1, c.regions.data(), static_cast<int>(c.regions.size()) });
     if (a.n_tail > 0 && err == cudaSuccess) {
         // the tail's byte span: from its first element to one past its last, under any non-negative strides
         auto span = [&](size_t nb_token, size_t nb_a, size_t nb_b, size_t n_a, size_t n_b) {
             return (a.n_tail - 1) * nb_token + (n_a - 1) * nb_a + (n_b - 1) * nb_b + 2;
         };
-        Segment & s = p.seg[p.n_segments++];
-        s.kind = kTail, s.n_tokens = a.n_tail, s.unit0 = units, s.seq = -1;
-        err = c.bufs[nb].upload(a.tail_k, span(a.tail_k_nb_token, a.tail_k_nb_head, 2, a.n_head_kv, D));
-        s.k = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
+        err      = c.bufs[nb].upload(a.tail_k, span(a.tail_k_nb_token, a.tail_k_nb_head, 2, a.n_head_kv, D));
+        d.tail_k = c.bufs[nb++].ptr;
         if (err == cudaSuccess) {
             err = c.bufs[nb].upload(a.tail_v,
                                     span(a.tail_v_nb_token, a.tail_v_nb_head, a.tail_v_nb_channel, a.n_head_kv, D));
         }
-        s.v = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
-        set_tail_layout(p, a, s.k, s.v);
+        d.tail_v = c.bufs[nb++].ptr;
         if (a.mask != nullptr && err == cudaSuccess) {
-            err           = c.bufs[nb].upload(a.mask, (n_q - 1) * a.mask_nb_row + a.n_tail * (a.mask_f16 ? 2 : 4));
-            p.mask        = static_cast<const uint8_t *>(c.bufs[nb++].ptr);
-            p.mask_nb_row = a.mask_nb_row, p.mask_f16 = a.mask_f16;
+            err    = c.bufs[nb].upload(a.mask, (n_q - 1) * a.mask_nb_row + a.n_tail * (a.mask_f16 ? 2 : 4));
+            d.mask = c.bufs[nb++].ptr;
         }
-        units += (a.n_tail + kUnit - 1) / kUnit;
+        c.n_units += (a.n_tail + kUnit - 1) / kUnit;
         c.bytes_read += static_cast<size_t>(a.n_tail) * a.n_head_kv * D * 4;
     }
     if (err != cudaSuccess) {
         return cuda_fail(err, "copying the inputs");
     }
-    p.n_units             = units;
-    c.out_bytes           = static_cast<size_t>(n_q) * a.n_head * D * sizeof(float);
-    // splits are chosen in run(); scratch for the largest split count it can pick (one per 4 units)
-    const size_t max_rows = static_cast<size_t>(n_q) * a.n_head * std::max(1, (units + 3) / 4);
-    if ((err = c.acc.upload(nullptr, max_rows * D * sizeof(float))) != cudaSuccess ||
-        (err = c.ml.upload(nullptr, max_rows * sizeof(float2))) != cudaSuccess ||
+    c.out_bytes    = static_cast<size_t>(n_q) * a.n_head * D * sizeof(float);
+    d.out_nb_token = static_cast<size_t>(a.n_head) * D * sizeof(float), d.out_nb_head = D * sizeof(float);
+    c.call.scratch_bytes = cuda_graph_attn_scratch(c.call);
+    if ((err = c.scratch.upload(nullptr, c.call.scratch_bytes)) != cudaSuccess ||
         (err = c.out.upload(nullptr, c.out_bytes)) != cudaSuccess) {
         return cuda_fail(err, "allocating scratch");
     }
-    p.part_acc = static_cast<float *>(c.acc.ptr);
-    p.part_ml  = static_cast<float2 *>(c.ml.ptr);
+    c.call.scratch = c.scratch.ptr;
+    d.out          = static_cast<float *>(c.out.ptr);
     // poison: a row the kernels forget to write comes back NaN
     if ((err = cudaMemset(c.out.ptr, 0xff, c.out_bytes)) != cudaSuccess ||
-        (err = cudaMemset(c.acc.ptr, 0xff, max_rows * D * sizeof(float))) != cudaSuccess) {
+        (err = cudaMemset(c.scratch.ptr, 0xff, c.call.scratch_bytes)) != cudaSuccess) {
         return cuda_fail(err, "poisoning the outputs");
     }
     return COCKTAIL_OK;
 }
 
-// Both kernels on the device copies (no synchronization).
-int launch_call(const cocktail_attn_args & a, DeviceCall & c, cudaStream_t stream) {
-    if (int rc = run(a, c.p, stream); rc != COCKTAIL_OK) {
-        return rc;
-    }
-    return launch_merge(c.p, c.p.n_splits, c.D, c.out.ptr, static_cast<size_t>(c.n_head) * c.D * 4,
-                        static_cast<size_t>(c.D) * 4, stream);
-}
-
-void write_rows(const cocktail_attn_args & a, const float * src_or_null) {
+// The output rows [n_q][n_head][head_dim] of `src` into the args' output (any strides).
+void write_rows(const cocktail_attn_args & a, const float * src) {
     for (int i = 0; i < a.n_q_tokens; ++i) {
         for (int h = 0; h < a.n_head; ++h) {
             float * row =
                 reinterpret_cast<float *>(reinterpret_cast<uint8_t *>(a.out) + i * a.out_nb_token + h * a.out_nb_head);
-            if (src_or_null == nullptr) {
-                std::fill(row, row + a.head_dim, 0.0f);
-            } else {
-                const float * src = src_or_null + (static_cast<size_t>(i) * a.n_head + h) * a.head_dim;
-                std::copy(src, src + a.head_dim, row);
-            }
+            const float * from = src + (static_cast<size_t>(i) * a.n_head + h) * a.head_dim;
+            std::copy(from, from + a.head_dim, row);
         }
     }
 }
@@ -990,7 +971,7 @@ int cuda_graph_attn(const CudaGraphAttn & call, void * stream) {
         p.part_ml =
             reinterpret_cast<float2 *>(static_cast<uint8_t *>(call.scratch) +
                                        static_cast<size_t>(p.n_q) * p.n_head * max_splits * a.head_dim * sizeof(float));
-        if (int rc = run(a, p, st, max_splits); rc != COCKTAIL_OK) {
+        if (int rc = run(a.head_dim, p, st, max_splits); rc != COCKTAIL_OK) {
             return rc;
         }
         n_splits = p.n_splits;
@@ -1010,11 +991,7 @@ extern "C" int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args 
     if (int rc = upload_call(*args, c); rc != COCKTAIL_OK) {
         return rc;
     }
-    if (c.p.n_units == 0) {  // nothing visible: zeros, as the CPU op
-        write_rows(*args, nullptr);
-        return COCKTAIL_OK;
-    }
-    if (int rc = launch_call(*args, c, nullptr); rc != COCKTAIL_OK) {
+    if (int rc = cuda_graph_attn(c.call, nullptr); rc != COCKTAIL_OK) {  // nothing visible: the merge writes zeros
         return rc;
     }
     cudaError_t err = cudaDeviceSynchronize();
@@ -1043,7 +1020,7 @@ extern "C" int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn
     if (int rc = upload_call(*args, c); rc != COCKTAIL_OK) {
         return rc;
     }
-    if (c.p.n_units == 0) {
+    if (c.n_units == 0) {
         return fail(COCKTAIL_EINVAL, "cocktail_attn_mixed_regions_cuda_bench: no tokens to attend to");
     }
     cudaEvent_t t0, t1;
@@ -1052,13 +1029,13 @@ extern "C" int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn
     float       elapsed = 0.0f;
     cudaError_t err     = cudaSuccess;
     for (int i = 0; i < 3; ++i) {  // warm-up
-        if (int rc = launch_call(*args, c, nullptr); rc != COCKTAIL_OK) {
+        if (int rc = cuda_graph_attn(c.call, nullptr); rc != COCKTAIL_OK) {
             return rc;
         }
     }
     cudaEventRecord(t0);
     for (int i = 0; i < n_iters; ++i) {
-        launch_call(*args, c, nullptr);
+        cuda_graph_attn(c.call, nullptr);
     }
     cudaEventRecord(t1);
     if ((err = cudaEventSynchronize(t1)) == cudaSuccess) {

@@ -38,7 +38,9 @@ class GGUFEncoder:
     1024 with GPU layers, so that packs are full rather than cut at every 64 texts).
     n_contexts: llama contexts over the one set of weights, each decoding its own packs from a thread of
     its own, so that one decode's host work (llama.cpp's batch checks, KQ mask, graph build) overlaps
-    another's GPU work; default 1 on the CPU (its threads are busy with the model), 2 with GPU layers.
+    another's GPU work; default 1 on the CPU (its threads are busy with the model), 3 with GPU layers
+    (bench/results/plan_speed_gpu_contexts.md, 32K tokens on an H100: 1 / 2 / 3 / 4 contexts 270 / 168 /
+    150 / 140 ms; each context holds its own compute buffer, ~160 MiB for 1536-token packs of MiniLM).
     ``timings`` adds up, over every `embed`, the seconds spent tokenizing, in llama_decode (on a GPU:
     until the GPU is done) and copying embeddings out, summed over the contexts' threads, and the number
     of decodes (bench/plan_speed.py).
@@ -76,7 +78,7 @@ class GGUFEncoder:
         if not isinstance(flash_attn, bool):
             raise ValueError(f"flash_attn={flash_attn!r} must be True or False")
         if n_contexts is None:
-            n_contexts = 1 if n_gpu_layers == 0 else 2
+            n_contexts = 1 if n_gpu_layers == 0 else 3
         if isinstance(n_contexts, bool) or not isinstance(n_contexts, int) or n_contexts < 1:
             raise ValueError(f"n_contexts={n_contexts!r} must be a positive integer")
         self.pack_tokens = pack_tokens
