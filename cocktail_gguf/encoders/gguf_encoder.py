@@ -31,7 +31,7 @@ class GGUFEncoder:
     attends over the whole batch under a mask, so on a CPU packing fewer tokens wastes less (measured
     on 2 cores: 96 beats 256 by ~25 %, 512 by ~40 %); on a GPU (``n_gpu_layers`` != 0, a CUDA build)
     the per-decode cost dominates instead. Defaults: n_batch=256, pack_tokens=96 on the CPU,
-    n_batch=pack_tokens=1536 with GPU layers (bench/results/plan_speed_gpu.md: 1536 beat 2048 by 5 %).
+    n_batch=pack_tokens=1536 with GPU layers (bench/results/plan_speed_gpu_8a5ead2.md: 1536 beat 2048 by 5 %).
     flash_attn: llama.cpp's fused attention; off by default: for MiniLM's head size (32) llama.cpp's
     CUDA backend has no such kernel and runs the op on the CPU (planning 2.2-3.4x slower; bench/NOTES.md).
     ``preferred_batch_size``: texts per `embed` call that the planner's driver uses (64 on the CPU;
