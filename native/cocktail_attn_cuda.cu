@@ -77,10 +77,24 @@ template <int D, int kind> __device__ constexpr size_t block_bytes() {
     return kind == kQ4 ? 20 * D : 12 * D;
 }
 
-// Byte b (0..3, a code < 256) of x as an exact float: the byte goes under the exponent of 2^23, then 2^23 is
-// subtracted (two full-rate instructions instead of a quarter-rate integer conversion).
-template <int b> __device__ __forceinline__ float byte_code(uint32_t x) {
-    return __int_as_float(__byte_perm(x, 0x4B000000u, 0x7440 | b)) - 8388608.0f;
+// Codes become floats in 1.0f's mantissa: a code moved to bits 3-6 (Q4) or 5-6 (Q2) of a byte whose bit 7 is set,
+// that byte put under 1.0f's top exponent byte, reads as 1 + code / kCodeMul exactly: one byte-permute per code
+// (a quarter-rate integer conversion, or a permute plus a subtraction, otherwise). A sum of weights w times such
+// values carries kCodeMul * sum(w) on top of sum(w * code) / kCodeMul... so the callers scale the weights by
+// kCodeMul and take kCodeMul * sum(w) off once, through the minimum terms (K: the bias; V: the p * min column).
+template <int kind> constexpr float kCodeMul = kind == kQ4 ? 16.0f : 4.0f;
+
+// The codes of w at bit offset `at` in every byte (Q4: 0 or 4; Q2: 0, 2, 4 or 6) moved where one_plus_code reads
+// them: a rotation (bits from the neighbouring byte are masked off) and one mask-and-set.
+template <int kind> __device__ __forceinline__ uint32_t code_bytes(uint32_t w, int at) {
+    constexpr int      to   = kind == kQ4 ? 3 : 5;
+    constexpr uint32_t keep = kind == kQ4 ? 0x78787878u : 0x60606060u;
+    return (__funnelshift_l(w, w, (to - at) & 31) & keep) | 0x80808080u;
+}
+
+// 1 + code / kCodeMul from byte b (0..3) of a word made by code_bytes.
+template <int b> __device__ __forceinline__ float one_plus_code(uint32_t x) {
+    return __int_as_float(__byte_perm(x, 0x3F000000u, 0x7044 | (b << 8)));
 }
 
 // N consecutive fp16 values from p (aligned to 2*N bytes) as floats, in one load.
@@ -184,7 +198,9 @@ __device__ __forceinline__ void unit_scores(const Params &  p,
         }
     }
     if constexpr (kind == kQ4 || kind == kQ2) {
-        // q.k = sum_d (q_d * scale_d) * code_d + sum_d q_d * min_d: scales folded into the query once per unit
+        // q.k = sum_d (q_d * scale_d) * code_d + sum_d q_d * min_d: scales folded into the query once per unit. With
+        // codes read as 1 + code / M (one_plus_code), q_d * scale_d * M weighs them and the bias takes
+        // sum_d q_d * scale_d * M off again: q.k = sum_d (q_d * scale_d * M) * (1 + code_d / M) + q_d * (min_d - M scale_d)
         constexpr int   kCpl     = D / 32;  // channels per lane in the fold
         constexpr int   kBytes   = kind == kQ4 ? 16 : 8;
         const int       n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
@@ -192,8 +208,8 @@ __device__ __forceinline__ void unit_scores(const Params &  p,
         float           sc[kCpl], mn[kCpl], bias[GS];
 #pragma unroll
         for (int i = 0; i < kCpl; ++i) {  // channels lane + 32 i: coalesced loads, conflict-free table writes
-            sc[i] = h2f(base + 2 * (lane + 32 * i));
-            mn[i] = h2f(base + 2 * (D + lane + 32 * i));
+            sc[i] = h2f(base + 2 * (lane + 32 * i)) * kCodeMul<kind>;
+            mn[i] = h2f(base + 2 * (D + lane + 32 * i)) - sc[i];
         }
 #pragma unroll
         for (int g = 0; g < GS; ++g) {
@@ -213,20 +229,21 @@ __device__ __forceinline__ void unit_scores(const Params &  p,
         // Q4: bytes 0-7 / 8-15 of a channel hold tokens 0-7 / 8-15 (low nibble) and 16-23 / 24-31 (high nibble);
         // Q2: bytes 0-7 hold tokens 0-7, 8-15, 16-23, 24-31 at shifts 0, 2, 4, 6
         const uint8_t * codes = base + 4 * D + (kind == kQ4 ? (G & 1) * 8 : 0);
-        const int       shift = kind == kQ4 ? (G >> 1) * 4 : 2 * G;
-        const uint32_t  mask  = kind == kQ4 ? 0x0F0F0F0Fu : 0x03030303u;
+        const int       at    = kind == kQ4 ? (G >> 1) * 4 : 2 * G;
 #pragma unroll
         for (int k = 0; k < D / 8; ++k) {
             const int      c  = r + 8 * k;
             const uint2    w  = *reinterpret_cast<const uint2 *>(codes + c * kBytes);
-            const uint32_t x0 = (w.x >> shift) & mask, x1 = (w.y >> shift) & mask;
+            const uint32_t x0 = code_bytes<kind>(w.x, at), x1 = code_bytes<kind>(w.y, at);
             float          qv[GS];
 #pragma unroll
             for (int g = 0; g < GS; ++g) {
                 qv[g] = qs_tab[g * D + c];
             }
-            const float f[8] = { byte_code<0>(x0), byte_code<1>(x0), byte_code<2>(x0), byte_code<3>(x0),
-                                 byte_code<0>(x1), byte_code<1>(x1), byte_code<2>(x1), byte_code<3>(x1) };
+            const float f[8] = {
+                one_plus_code<0>(x0), one_plus_code<1>(x0), one_plus_code<2>(x0), one_plus_code<3>(x0),
+                one_plus_code<0>(x1), one_plus_code<1>(x1), one_plus_code<2>(x1), one_plus_code<3>(x1)
+            };
 #pragma unroll
             for (int g = 0; g < GS; ++g) {
 #pragma unroll
@@ -362,12 +379,18 @@ __device__ void unit_update(const Params &     p,
     if (!__any_sync(0xffffffffu, any)) {
         return;
     }
-    // this lane's token: p * scale and p * min of each V group (F16 / tail: p and 0), for the value lanes
+    // this lane's token: p * scale * M and p * (min - scale * M) of each V group (codes read as 1 + code / M, see
+    // one_plus_code; F16 / tail: p and 0), for the value lanes
     {
         float vs[kGroups], vm[kGroups];
         if constexpr (kQuant) {
             load_halves<kGroups>(vbase + 2 * lane * kGroups, vs);
             load_halves<kGroups>(vbase + 2 * D + 2 * lane * kGroups, vm);
+#pragma unroll
+            for (int gi = 0; gi < kGroups; ++gi) {
+                vs[gi] *= kCodeMul<kind>;
+                vm[gi] -= vs[gi];
+            }
         } else {
 #pragma unroll
             for (int gi = 0; gi < kGroups; ++gi) {
@@ -397,17 +420,13 @@ __device__ void unit_update(const Params &     p,
         }
         float v[8];
         if constexpr (kQuant) {
-            uint32_t lo, hi;
-            if constexpr (kind == kQ4) {  // byte j of a token's group: channel j (low nibble), j + 16 (high)
-                lo = vword[k] & 0x0F0F0F0Fu;
-                hi = (vword[k] >> 4) & 0x0F0F0F0Fu;
-            } else {  // byte j: channels j, j + 8, j + 16, j + 24 at shifts 0, 2, 4, 6
-                const int sh = 2 * (s4 >> 1);
-                lo           = (vword[k] >> sh) & 0x03030303u;
-                hi           = (vword[k] >> (sh + 4)) & 0x03030303u;
-            }
-            v[0] = byte_code<0>(lo), v[1] = byte_code<1>(lo), v[2] = byte_code<2>(lo), v[3] = byte_code<3>(lo);
-            v[4] = byte_code<0>(hi), v[5] = byte_code<1>(hi), v[6] = byte_code<2>(hi), v[7] = byte_code<3>(hi);
+            // Q4: byte j of a token's group holds channel j (low nibble) and j + 16 (high); Q2: channels j, j + 8,
+            // j + 16, j + 24 at bit offsets 0, 2, 4, 6
+            const int      at = kind == kQ4 ? 0 : 2 * (s4 >> 1);
+            const uint32_t lo = code_bytes<kind>(vword[k], at), hi = code_bytes<kind>(vword[k], at + 4);
+            v[0] = one_plus_code<0>(lo), v[1] = one_plus_code<1>(lo), v[2] = one_plus_code<2>(lo);
+            v[3] = one_plus_code<3>(lo), v[4] = one_plus_code<0>(hi), v[5] = one_plus_code<1>(hi);
+            v[6] = one_plus_code<2>(hi), v[7] = one_plus_code<3>(hi);
 #pragma unroll
             for (int g = 0; g < GS; ++g) {
                 w.macc[g] += e[(GS + g) * kPsmRow];
