@@ -119,16 +119,14 @@ class GGUFEncoder:
         # Further llama contexts over the same weights, each decoding its own packs from a pool thread.
         from llama_cpp._internals import LlamaContext
 
-        self._contexts: list[Any] = [self.llm._ctx.ctx]
-        self._extra: list[Any] = []
-        for _ in range(n_contexts - 1):
-            extra = LlamaContext(model=self.llm._model, params=self.llm.context_params, verbose=verbose)
-            self._extra.append(extra)
-            self._contexts.append(extra.ctx)
+        self._extra = [
+            LlamaContext(model=self.llm._model, params=self.llm.context_params, verbose=verbose)
+            for _ in range(n_contexts - 1)
+        ]
         self.n_contexts = n_contexts
         self._free_contexts: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        for ctx in self._contexts:
-            self._free_contexts.put(ctx)
+        for ctx in [self.llm._ctx, *self._extra]:
+            self._free_contexts.put(ctx.ctx)
         self._pool = ThreadPoolExecutor(n_contexts, "gguf-encoder") if n_contexts > 1 else None
 
     @property
@@ -234,7 +232,7 @@ class GGUFEncoder:
         rows = np.empty((len(texts), n_embd), dtype=np.float32)
         if self._pool is None:
             for first, group in self._packs(texts):
-                self._embed_pack(self._contexts[0], first, group, rows)
+                self._embed_pack(self.llm._ctx.ctx, first, group, rows)
         else:
             # The packs are tokenized here while the pool's threads decode the earlier ones, each on its own
             # context: one thread's host work (batch checks, the KQ mask, graph build) overlaps another's
@@ -259,7 +257,6 @@ class GGUFEncoder:
         for extra in self._extra:
             extra.close()
         self._extra = []
-        self._contexts = self._contexts[:1]
         self.llm.close()
 
     def __repr__(self) -> str:
