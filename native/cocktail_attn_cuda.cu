@@ -78,10 +78,10 @@ template <int D, int kind> __device__ constexpr size_t block_bytes() {
 }
 
 // Codes become floats in 1.0f's mantissa: a code moved to bits 3-6 (Q4) or 5-6 (Q2) of a byte whose bit 7 is set,
-// that byte put under 1.0f's top exponent byte, reads as 1 + code / kCodeMul exactly: one byte-permute per code
-// (a quarter-rate integer conversion, or a permute plus a subtraction, otherwise). A sum of weights w times such
-// values carries kCodeMul * sum(w) on top of sum(w * code) / kCodeMul... so the callers scale the weights by
-// kCodeMul and take kCodeMul * sum(w) off once, through the minimum terms (K: the bias; V: the p * min column).
+// that byte put under 1.0f's top exponent byte, reads as 1 + code / M exactly (M = kCodeMul): one byte-permute per
+// code (a quarter-rate integer conversion, or a permute plus a subtraction, otherwise). As
+// sum_i M w_i (1 + code_i / M) = sum_i w_i code_i + M sum_i w_i, the callers weigh the codes by M w and take
+// M sum(w) off once, through the minimum terms (K: the bias; V: the p * min column).
 template <int kind> constexpr float kCodeMul = kind == kQ4 ? 16.0f : 4.0f;
 
 // The codes of w at bit offset `at` in every byte (Q4: 0 or 4; Q2: 0, 2, 4 or 6) moved where one_plus_code reads
