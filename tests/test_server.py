@@ -115,11 +115,23 @@ def chat_body(**extra: Any) -> dict[str, Any]:
     return {"messages": messages, "max_tokens": 6, "temperature": 0.0, **extra}
 
 
+@pytest.fixture(scope="module")
+def f16_server(tiny_models: dict[str, Path]) -> Iterator[str]:
+    with running_server(model=str(tiny_models["tiny-gqa"]), kv_mode="f16") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def cocktail_server(tiny_models: dict[str, Path]) -> Iterator[str]:
+    options = {"kv_mode": "cocktail", "encoder": "bm25", "chunk_size": 8}
+    with running_server(model=str(tiny_models["tiny-gqa"]), **options) as url:
+        yield url
+
+
 class TestF16:
-    @pytest.fixture(scope="class")
-    def url(self, tiny_models: dict[str, Path]) -> Iterator[str]:
-        with running_server(model=str(tiny_models["tiny-gqa"]), kv_mode="f16") as url:
-            yield url
+    @pytest.fixture
+    def url(self, f16_server: str) -> str:  # one server per module (class-scoped method fixtures: deprecated)
+        return f16_server
 
     def test_chat_and_stream(self, url: str, tiny_models: dict[str, Path]) -> None:
         answer = post_json(f"{url}/v1/chat/completions", chat_body())
@@ -164,11 +176,9 @@ class TestF16:
 
 @pytest.mark.xfail(CONTRACT_PENDING, reason="contract pending", strict=False)
 class TestCocktail:
-    @pytest.fixture(scope="class")
-    def url(self, tiny_models: dict[str, Path]) -> Iterator[str]:
-        options = {"kv_mode": "cocktail", "encoder": "bm25", "chunk_size": 8}
-        with running_server(model=str(tiny_models["tiny-gqa"]), **options) as url:
-            yield url
+    @pytest.fixture
+    def url(self, cocktail_server: str) -> str:
+        return cocktail_server
 
     @staticmethod
     def check_cocktail(info: dict[str, Any]) -> None:
