@@ -49,19 +49,23 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     llm = _load_tokenizer(args.model)
     start = time.perf_counter()
     try:
-        encoder = args.encoder
+        gpu_encoder = None
         if args.encoder_gpu_layers is not None:
-            encoder = _gguf_encoder_on_gpu(args.encoder, args.encoder_gpu_layers)
-        plan = plan_context(
-            context,
-            args.query,
-            tokenizer=llm,
-            encoder=encoder,
-            chunk_size=args.chunk_size,
-            alpha=args.alpha,
-            beta=args.beta,
-            progress=False if args.no_progress else None,
-        )
+            gpu_encoder = _gguf_encoder_on_gpu(args.encoder, args.encoder_gpu_layers)
+        try:
+            plan = plan_context(
+                context,
+                args.query,
+                tokenizer=llm,
+                encoder=gpu_encoder or args.encoder,
+                chunk_size=args.chunk_size,
+                alpha=args.alpha,
+                beta=args.beta,
+                progress=False if args.no_progress else None,
+            )
+        finally:
+            if gpu_encoder is not None:  # its contexts' GPU buffers and decode threads
+                gpu_encoder.close()
         plan_ms = (time.perf_counter() - start) * 1e3
         if args.html:
             plan.save_html(args.html)
@@ -143,7 +147,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--encoder-gpu-layers",
         type=_gpu_layers,
         default=None,
-        help="a GGUF encoder's layers on the GPU (-1: all; CUDA build), with 1536-token packs",
+        help="a GGUF encoder's layers on the GPU (-1: all; CUDA build), with 1536-token packs decoded by 3 "
+        "llama contexts",
     )
     p.add_argument("--html", help="write the context coloured by precision to this HTML file")
     p.add_argument("--png", help="write the similarity-per-chunk plot to this PNG file (matplotlib)")
