@@ -4,6 +4,8 @@
 // softmax per query head and merge in shared memory; a second kernel merges the splits (log-sum-exp).
 #include "cocktail_api.h"
 #include "cocktail_attn_cpu.h"
+#include "cocktail_attn_cuda_common.cuh"
+#include "cocktail_attn_cuda_mma.cuh"
 #include "cocktail_cuda.h"
 #include "cocktail_errors.h"
 #include "cocktail_kv_format.h"
@@ -21,61 +23,6 @@
 #include <vector>
 
 namespace cocktail::cuda_impl {
-
-constexpr int kWarps       = 4;
-constexpr int kMaxSegments = 17;  // 16 regions + the tail
-constexpr int kUnit        = 32;  // tokens per unit = quantization block
-
-enum SegKind { kF16 = COCKTAIL_PREC_F16, kQ4 = COCKTAIL_PREC_Q4, kQ2 = COCKTAIL_PREC_Q2, kTail = 3 };
-
-struct Segment {
-    int             kind;
-    int             n_tokens;
-    int             unit0;  // first unit of this segment in the launch's unit list
-    int             seq;    // only query tokens of this sequence attend to it; -1: every query token
-    const uint8_t * k;
-    const uint8_t * v;
-};
-
-struct Params {
-    int             n_q, n_head, n_head_kv, group, n_gblocks, n_splits, n_units, n_segments;
-    float           scale;
-    const float *   q;
-    size_t          q_nb_token, q_nb_head;
-    Segment         seg[kMaxSegments];
-    size_t          tk_nb_token, tk_nb_head, tv_nb_token, tv_nb_channel, tv_nb_head;
-    int             tail_k_vec;  // the tail's K rows allow 16-byte loads of 8 channels
-    int             tail_v_vec;  // the tail's V channels are contiguous, 8-byte loads of 4 channels
-    const uint8_t * mask;
-    size_t          mask_nb_row;
-    int             mask_f16;
-    const int32_t * q_seq;     // sequence of each query token (device), or nullptr: every segment is for every token
-    float *         part_acc;  // [n_q][n_head][n_splits][D]
-    float2 *        part_ml;   // [n_q][n_head][n_splits]: running max, sum of exp
-};
-
-__device__ __forceinline__ float h2f(const uint8_t * p) {
-    return __half2float(*reinterpret_cast<const __half *>(p));
-}
-
-__device__ __forceinline__ float warp_max(float x) {
-    for (int o = 16; o > 0; o >>= 1) {
-        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-    }
-    return x;
-}
-
-__device__ __forceinline__ float warp_sum(float x) {
-    for (int o = 16; o > 0; o >>= 1) {
-        x += __shfl_xor_sync(0xffffffffu, x, o);
-    }
-    return x;
-}
-
-// Bytes of one (head, 32-token block) of a Q4 / Q2 region (native/README.md: 20*D, 12*D).
-template <int D, int kind> __device__ constexpr size_t block_bytes() {
-    return kind == kQ4 ? 20 * D : 12 * D;
-}
 
 // Codes become floats in 1.0f's mantissa: a code moved to bits 3-6 (Q4) or 5-6 (Q2) of a byte whose bit 7 is set,
 // that byte put under 1.0f's top exponent byte, reads as 1 + code / M exactly (M = kCodeMul): one byte-permute per
@@ -95,24 +42,6 @@ template <int kind> __device__ __forceinline__ uint32_t code_bytes(uint32_t w, i
 // 1 + code / kCodeMul from byte b (0..3) of a word made by code_bytes.
 template <int b> __device__ __forceinline__ float one_plus_code(uint32_t x) {
     return __int_as_float(__byte_perm(x, 0x3F000000u, 0x7044 | (b << 8)));
-}
-
-// N consecutive fp16 values from p (aligned to 2*N bytes) as floats, in one load.
-template <int N> __device__ __forceinline__ void load_halves(const uint8_t * p, float (&out)[N]) {
-    static_assert(N == 1 || N == 2 || N == 4 || N == 8, "1, 2, 4 or 8 halves");
-    if constexpr (N == 1) {
-        out[0] = h2f(p);
-    } else {
-        using Word          = std::conditional_t<N == 2, uint32_t, std::conditional_t<N == 4, uint2, uint4>>;
-        const Word      raw = *reinterpret_cast<const Word *>(p);
-        const __half2 * h   = reinterpret_cast<const __half2 *>(&raw);
-#pragma unroll
-        for (int i = 0; i < N / 2; ++i) {
-            const float2 f = __half22float2(h[i]);
-            out[2 * i]     = f.x;
-            out[2 * i + 1] = f.y;
-        }
-    }
 }
 
 // Channels c0..c0+3 and c0+16..c0+19 of one fp16 V row (contiguous channels, 8-byte aligned) as 8 floats.
@@ -494,21 +423,9 @@ attn_partial(const Params p) {
             w.acc[g][i] = 0.0f;
         }
     }
-    float *   qs_tab  = sh.t.qs[warp];
-    float *   psm_tab = sh.t.psm[warp];
-    const int q_seq   = p.q_seq != nullptr ? p.q_seq[qi] : -1;
-    // units dealt round-robin over the splits, then over the block's warps: every block gets its share of each
-    // region (an F16 unit reads 5x the bytes of a Q2 one), so one wave of equal blocks stays balanced
-    int       si      = 0;
-    for (int u = split + p.n_splits * warp; u < p.n_units; u += p.n_splits * kWarps) {
-        while (si + 1 < p.n_segments && p.seg[si + 1].unit0 <= u) {
-            ++si;
-        }
-        const Segment & s    = p.seg[si];
-        const int       unit = u - s.unit0;
-        if (s.seq >= 0 && s.seq != q_seq) {  // another sequence's regions (uniform across the block)
-            continue;
-        }
+    float * qs_tab  = sh.t.qs[warp];
+    float * psm_tab = sh.t.psm[warp];
+    for_each_unit(p, qi, split, warp, [&](const Segment & s, int unit) {
         switch (s.kind) {
             case kF16:
                 unit_update<D, GS, kF16>(p, s, qi, h_kv, unit, lane, n_g, sh.sq, qs_tab, psm_tab, w);
@@ -523,7 +440,7 @@ attn_partial(const Params p) {
                 unit_update<D, GS, kTail>(p, s, qi, h_kv, unit, lane, n_g, sh.sq, qs_tab, psm_tab, w);
                 break;
         }
-    }
+    });
     // the lanes that own the same channels (other token slots) add up; the tables become the output buffer
     constexpr int kLanesPerToken = 4 * (D / 32);
 #pragma unroll
@@ -558,26 +475,7 @@ attn_partial(const Params p) {
         }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < n_g * D; i += blockDim.x) {
-        const int g = i / D, d = i % D;
-        float     mmax = -INFINITY;
-        for (int k = 0; k < kWarps; ++k) {
-            mmax = fmaxf(mmax, s_m[k][g]);
-        }
-        float l = 0.0f, acc = 0.0f;
-        if (mmax != -INFINITY) {
-            for (int k = 0; k < kWarps; ++k) {
-                const float f = s_m[k][g] == -INFINITY ? 0.0f : expf(s_m[k][g] - mmax);
-                l += s_l[k][g] * f;
-                acc += sh.acc[k][g * D + d] * f;
-            }
-        }
-        const size_t row        = (static_cast<size_t>(qi) * p.n_head + h0 + g) * p.n_splits + split;
-        p.part_acc[row * D + d] = acc;
-        if (d == 0) {
-            p.part_ml[row] = make_float2(mmax, l);
-        }
-    }
+    write_split<D, GS>(p, qi, split, h0, n_g, s_m, s_l, &sh.acc[0][0]);
 }
 
 constexpr int kMergeWarps = 8;
@@ -670,7 +568,13 @@ constexpr int max_group_size(int D) {
     return 512 / D < kMaxGs ? 512 / D : kMaxGs;
 }
 
+// GQA groups of this size and more run on the tensor-core kernel (attn_partial_mma), where head_dim allows.
+constexpr int kMmaMinGroup = 4;
+
 int group_size(int group, int D) {
+    if (group >= kMmaMinGroup && mma_head_dim(D)) {
+        return kMmaRows;
+    }
     const int cap = max_group_size(D);
     int       gs  = 1;
     while (gs < group && gs < cap) {
@@ -680,6 +584,11 @@ int group_size(int group, int D) {
 }
 
 template <int D> const void * partial_kernel_d(int gs) {
+    if constexpr (mma_head_dim(D)) {
+        if (gs == kMmaRows) {
+            return reinterpret_cast<const void *>(&attn_partial_mma<D>);
+        }
+    }
     if (gs == 1) {
         return reinterpret_cast<const void *>(&attn_partial<D, 1>);
     }
@@ -710,7 +619,7 @@ const void * partial_kernel(int D, int gs) {
 // device: the launch plan asks for it on every call.
 int resident_blocks(int D, int gs) {
     constexpr int           kMaxDevices = 16;
-    static std::atomic<int> cache[kMaxDevices][4][kMaxGs + 1];
+    static std::atomic<int> cache[kMaxDevices][4][kMmaRows + 1];
     int                     dev = 0;
     cudaGetDevice(&dev);
     const int di = D == 32 ? 0 : D == 64 ? 1 : D == 128 ? 2 : 3;

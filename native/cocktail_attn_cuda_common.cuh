@@ -1,0 +1,143 @@
+// Shared by the CUDA attention kernels (cocktail_attn_cuda.cu: the scalar kernel, the host side and the merge;
+// cocktail_attn_cuda_mma.cuh: the tensor-core kernel for grouped-query heads): the launch's parameters, the segment
+// table and small device helpers. Included by cocktail_attn_cuda.cu only.
+#pragma once
+
+#include "cocktail_api.h"
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace cocktail::cuda_impl {
+
+constexpr int kWarps       = 4;
+constexpr int kMaxSegments = 17;  // 16 regions + the tail
+constexpr int kUnit        = 32;  // tokens per unit = quantization block
+
+enum SegKind { kF16 = COCKTAIL_PREC_F16, kQ4 = COCKTAIL_PREC_Q4, kQ2 = COCKTAIL_PREC_Q2, kTail = 3 };
+
+struct Segment {
+    int             kind;
+    int             n_tokens;
+    int             unit0;  // first unit of this segment in the launch's unit list
+    int             seq;    // only query tokens of this sequence attend to it; -1: every query token
+    const uint8_t * k;
+    const uint8_t * v;
+};
+
+struct Params {
+    int             n_q, n_head, n_head_kv, group, n_gblocks, n_splits, n_units, n_segments;
+    float           scale;
+    const float *   q;
+    size_t          q_nb_token, q_nb_head;
+    Segment         seg[kMaxSegments];
+    size_t          tk_nb_token, tk_nb_head, tv_nb_token, tv_nb_channel, tv_nb_head;
+    int             tail_k_vec;  // the tail's K rows allow 16-byte loads of 8 channels
+    int             tail_v_vec;  // the tail's V channels are contiguous, 8-byte loads of 4 channels
+    const uint8_t * mask;
+    size_t          mask_nb_row;
+    int             mask_f16;
+    const int32_t * q_seq;     // sequence of each query token (device), or nullptr: every segment is for every token
+    float *         part_acc;  // [n_q][n_head][n_splits][D]
+    float2 *        part_ml;   // [n_q][n_head][n_splits]: running max, sum of exp
+};
+
+__device__ __forceinline__ float h2f(const uint8_t * p) {
+    return __half2float(*reinterpret_cast<const __half *>(p));
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+    for (int o = 16; o > 0; o >>= 1) {
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    }
+    return x;
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1) {
+        x += __shfl_xor_sync(0xffffffffu, x, o);
+    }
+    return x;
+}
+
+// Bytes of one (head, 32-token block) of a Q4 / Q2 region (native/README.md: 20*D, 12*D).
+template <int D, int kind> __device__ constexpr size_t block_bytes() {
+    return kind == kQ4 ? 20 * D : 12 * D;
+}
+
+// N consecutive fp16 values from p (aligned to 2*N bytes) as floats, in one load.
+template <int N> __device__ __forceinline__ void load_halves(const uint8_t * p, float (&out)[N]) {
+    static_assert(N == 1 || N == 2 || N == 4 || N == 8, "1, 2, 4 or 8 halves");
+    if constexpr (N == 1) {
+        out[0] = h2f(p);
+    } else {
+        using Word          = std::conditional_t<N == 2, uint32_t, std::conditional_t<N == 4, uint2, uint4>>;
+        const Word      raw = *reinterpret_cast<const Word *>(p);
+        const __half2 * h   = reinterpret_cast<const __half2 *>(&raw);
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) {
+            const float2 f = __half22float2(h[i]);
+            out[2 * i]     = f.x;
+            out[2 * i + 1] = f.y;
+        }
+    }
+}
+
+// Calls f(segment, unit) for this warp's units of the block's split, skipping other sequences' regions: units are
+// dealt round-robin over the splits, then over the block's warps, so that every block gets its share of each region
+// (an F16 unit reads 5x the bytes of a Q2 one) and one wave of equal blocks stays balanced.
+template <class F>
+__device__ __forceinline__ void for_each_unit(const Params & p, int qi, int split, int warp, F && f) {
+    const int q_seq = p.q_seq != nullptr ? p.q_seq[qi] : -1;
+    int       si    = 0;
+    for (int u = split + p.n_splits * warp; u < p.n_units; u += p.n_splits * kWarps) {
+        while (si + 1 < p.n_segments && p.seg[si + 1].unit0 <= u) {
+            ++si;
+        }
+        const Segment & s = p.seg[si];
+        if (s.seq >= 0 && s.seq != q_seq) {  // another sequence's regions (uniform across the block)
+            continue;
+        }
+        f(s, u - s.unit0);
+    }
+}
+
+// Combines the block's warps' partial softmaxes (running max m, sum l, unnormalized rows acc[warp][g * D + d] for
+// GS query heads) into split `split`'s rows of part_acc / part_ml, for query heads h0 .. h0 + n_g - 1. Every thread
+// of the block calls it after a barrier that publishes m, l and acc.
+template <int D, int GS>
+__device__ void write_split(const Params & p,
+                            int            qi,
+                            int            split,
+                            int            h0,
+                            int            n_g,
+                            const float (&m)[kWarps][GS],
+                            const float (&l)[kWarps][GS],
+                            const float * acc) {
+    for (int i = threadIdx.x; i < n_g * D; i += blockDim.x) {
+        const int g = i / D, d = i % D;
+        float     mmax = -INFINITY;
+        for (int k = 0; k < kWarps; ++k) {
+            mmax = fmaxf(mmax, m[k][g]);
+        }
+        float sum = 0.0f, out = 0.0f;
+        if (mmax != -INFINITY) {
+            for (int k = 0; k < kWarps; ++k) {
+                const float f = m[k][g] == -INFINITY ? 0.0f : expf(m[k][g] - mmax);
+                sum += l[k][g] * f;
+                out += acc[k * GS * D + g * D + d] * f;
+            }
+        }
+        const size_t row        = (static_cast<size_t>(qi) * p.n_head + h0 + g) * p.n_splits + split;
+        p.part_acc[row * D + d] = out;
+        if (d == 0) {
+            p.part_ml[row] = make_float2(mmax, sum);
+        }
+    }
+}
+
+}  // namespace cocktail::cuda_impl
