@@ -425,7 +425,7 @@ attn_partial(const Params p) {
     }
     float * qs_tab  = sh.t.qs[warp];
     float * psm_tab = sh.t.psm[warp];
-    for_each_unit(p, qi, split, warp, [&](const Segment & s, int unit) {
+    for_each_unit(p, qi, split, warp, [&](const Segment & s, int unit, int, int) {
         switch (s.kind) {
             case kF16:
                 unit_update<D, GS, kF16>(p, s, qi, h_kv, unit, lane, n_g, sh.sq, qs_tab, psm_tab, w);

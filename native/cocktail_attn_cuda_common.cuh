@@ -87,22 +87,34 @@ template <int N> __device__ __forceinline__ void load_halves(const uint8_t * p, 
     }
 }
 
-// Calls f(segment, unit) for this warp's units of the block's split, skipping other sequences' regions: units are
-// dealt round-robin over the splits, then over the block's warps, so that every block gets its share of each region
-// (an F16 unit reads 5x the bytes of a Q2 one) and one wave of equal blocks stays balanced.
+// Calls f(segment, unit, next, next_unit) for this warp's units of the block's split, skipping other sequences'
+// regions; next is the index in p.seg of the warp's following unit (-1 after the last one), next_unit its unit. Units
+// are dealt round-robin over the splits, then over the block's warps, so that every block gets its share of each
+// region (an F16 unit reads 5x the bytes of a Q2 one) and one wave of equal blocks stays balanced.
 template <class F>
 __device__ __forceinline__ void for_each_unit(const Params & p, int qi, int split, int warp, F && f) {
     const int q_seq = p.q_seq != nullptr ? p.q_seq[qi] : -1;
+    const int step  = p.n_splits * kWarps;
     int       si    = 0;
-    for (int u = split + p.n_splits * warp; u < p.n_units; u += p.n_splits * kWarps) {
-        while (si + 1 < p.n_segments && p.seg[si + 1].unit0 <= u) {
-            ++si;
+    auto      from  = [&](int u) {  // the first unit at u or later (step apart) for this query token; -1: none
+        for (; u < p.n_units; u += step) {
+            while (si + 1 < p.n_segments && p.seg[si + 1].unit0 <= u) {
+                ++si;
+            }
+            if (p.seg[si].seq < 0 || p.seg[si].seq == q_seq) {  // another sequence's regions: uniform per block
+                return u;
+            }
         }
-        const Segment & s = p.seg[si];
-        if (s.seq >= 0 && s.seq != q_seq) {  // another sequence's regions (uniform across the block)
-            continue;
-        }
-        f(s, u - s.unit0);
+        return -1;
+    };
+    int u  = from(split + p.n_splits * warp);
+    int su = si;
+    while (u >= 0) {
+        const int       un = from(u + step);
+        const Segment & s  = p.seg[su];
+        f(s, u - s.unit0, un >= 0 ? si : -1, un >= 0 ? un - p.seg[si].unit0 : 0);
+        u  = un;
+        su = si;
     }
 }
 

@@ -79,12 +79,17 @@ __device__ __forceinline__ float row_sum4(float x) {
 }
 
 // Two codes as fp16 in one half2: bits `mask` (one field per 16-bit half) of y under 0x6400 read 1024 + c * 2^s;
-// h * 2^-s - 1024 * 2^-s is c, exactly.
-__device__ __forceinline__ uint32_t code_pair(uint32_t y, uint32_t mask, int s) {
-    const __half  mul = __float2half_rn(exp2i(-s));
-    const __half2 h   = __hfma2(bits_h2((y & mask) | 0x64006400u), __half2half2(mul),
-                                __half2half2(__float2half_rn(-1024.0f * exp2i(-s))));
-    return h2_bits(h);
+// h * 2^-s - 1024 * 2^-s (CodeFix(s)) is c, exactly.
+struct CodeFix {
+    __half2 mul, add;
+
+    __device__ __forceinline__ explicit CodeFix(int s) :
+        mul(__float2half2_rn(exp2i(-s))),
+        add(__float2half2_rn(-1024.0f * exp2i(-s))) {}
+};
+
+__device__ __forceinline__ uint32_t code_pair(uint32_t y, uint32_t mask, const CodeFix & fix) {
+    return h2_bits(__hfma2(bits_h2((y & mask) | 0x64006400u), fix.mul, fix.add));
 }
 
 // Token (0..31 in the unit) of column n (0..7) of score tile j (0..3): the order in which a lane's code loads hold
@@ -110,9 +115,20 @@ __device__ __forceinline__ int v_channel(int gi, int x, int n) {
     return 32 * gi + 2 * n + (x & 1) + 16 * (x >> 1);
 }
 
-// K codes of k-step channels c0..c0+3 as B fragments of the four score tiles (lane's column g).
-template <int kind>
-__device__ __forceinline__ void k_code_frags(const uint8_t * codes,
+// Where byte `off` of a quantized K or V block lies in the warp's shared-memory copy: 16-byte chunk q at
+// q ^ (q / 8 % 8), so that lanes reading the same bytes of chunks 128 bytes apart (lanes t = 0..3: a channel's
+// codes 8 channels apart, a token's 4 tokens apart) hit different banks. Keeps every 16-byte chunk whole.
+__device__ __forceinline__ int swz(int off) {
+    return off ^ (((off >> 7) & 7) << 4);
+}
+
+// Floats per row of the shared query table: 4 more than D so that rows g and g + 1 fall on other banks.
+template <int D> constexpr int kSqnRow = D + 4;
+
+// K codes of k-step channels c0..c0+3 (from the staged K block) as B fragments of the four score tiles (lane's
+// column g).
+template <int D, int kind>
+__device__ __forceinline__ void k_code_frags(const uint8_t * kblock,
                                              int             c0,
                                              int             g,
                                              uint32_t (&b0)[4],
@@ -120,8 +136,8 @@ __device__ __forceinline__ void k_code_frags(const uint8_t * codes,
     uint32_t ld[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        ld[i] = kind == kQ4 ? *reinterpret_cast<const uint16_t *>(codes + (c0 + i) * 16 + 2 * g) :
-                              static_cast<uint32_t>(codes[(c0 + i) * 8 + g]);
+        ld[i] = kind == kQ4 ? *reinterpret_cast<const uint16_t *>(kblock + swz(4 * D + (c0 + i) * 16 + 2 * g)) :
+                              static_cast<uint32_t>(kblock[swz(4 * D + (c0 + i) * 8 + g)]);
     }
 #pragma unroll
     for (int pair = 0; pair < 2; ++pair) {
@@ -129,30 +145,31 @@ __device__ __forceinline__ void k_code_frags(const uint8_t * codes,
         const uint32_t y = __byte_perm(ld[2 * pair], ld[2 * pair + 1], 0x5410);  // channel c, c+1 in bytes 0-1, 2-3
         if constexpr (kind == kQ4) {
             const uint32_t y1 = y >> 8;                                          // the second token's byte
-            b[0]              = code_pair(y, 0x000F000Fu, 0);
-            b[1]              = code_pair(y1, 0x000F000Fu, 0);
-            b[2]              = code_pair(y, 0x00F000F0u, 4);
-            b[3]              = code_pair(y1, 0x00F000F0u, 4);
+            const CodeFix  lo(0), hi(4);
+            b[0] = code_pair(y, 0x000F000Fu, lo);
+            b[1] = code_pair(y1, 0x000F000Fu, lo);
+            b[2] = code_pair(y, 0x00F000F0u, hi);
+            b[3] = code_pair(y1, 0x00F000F0u, hi);
         } else {
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                b[j] = code_pair(y, 0x00030003u << (2 * j), 2 * j);
+                b[j] = code_pair(y, 0x00030003u << (2 * j), CodeFix(2 * j));
             }
         }
     }
 }
 
-// Loads N bytes (4, 8, 16 or 32; p aligned to min(N, 16)) into words.
-template <int N> __device__ __forceinline__ void load_words(const uint8_t * p, uint32_t (&w)[N / 4]) {
+// Loads N bytes (4, 8, 16 or 32) at byte off (aligned to min(N, 16)) of a staged block into words.
+template <int N> __device__ __forceinline__ void load_words(const uint8_t * block, int off, uint32_t (&w)[N / 4]) {
     if constexpr (N == 4) {
-        w[0] = *reinterpret_cast<const uint32_t *>(p);
+        w[0] = *reinterpret_cast<const uint32_t *>(block + swz(off));
     } else if constexpr (N == 8) {
-        const uint2 v = *reinterpret_cast<const uint2 *>(p);
+        const uint2 v = *reinterpret_cast<const uint2 *>(block + swz(off));
         w[0] = v.x, w[1] = v.y;
     } else {
 #pragma unroll
         for (int i = 0; i < N / 16; ++i) {
-            const uint4 v = reinterpret_cast<const uint4 *>(p)[i];
+            const uint4 v = *reinterpret_cast<const uint4 *>(block + swz(off + 16 * i));
             w[4 * i] = v.x, w[4 * i + 1] = v.y, w[4 * i + 2] = v.z, w[4 * i + 3] = v.w;
         }
     }
@@ -164,13 +181,14 @@ template <int D, int kind> struct VRow {
     static constexpr int kG = D / 32;
     uint32_t             w[8 * kG / 2];
 
-    __device__ __forceinline__ void load(const uint8_t * table, int t) {
+    // from the table at byte `at` of the staged V block (scales: 0, mins: 2 D)
+    __device__ __forceinline__ void load(const uint8_t * vblock, int at, int t) {
         constexpr int kRun = kind == kQ4 ? 4 : 2, kRuns = 8 / kRun, kBytes = 2 * kRun * kG;
 #pragma unroll
         for (int r = 0; r < kRuns; ++r) {
             const int tok0 = kind == kQ4 ? 4 * t + 16 * r : 8 * r + 2 * t;
             uint32_t  part[kBytes / 4];
-            load_words<kBytes>(table + 2 * tok0 * kG, part);
+            load_words<kBytes>(vblock, at + 2 * tok0 * kG, part);
 #pragma unroll
             for (int i = 0; i < kBytes / 4; ++i) {
                 w[r * kBytes / 4 + i] = part[i];
@@ -223,18 +241,19 @@ __device__ __forceinline__ void v_code_frags(const Params &  p,
         const int ta = tile_token<kind>(2 * ks + half, 2 * t), tb = tile_token<kind>(2 * ks + half, 2 * t + 1);
         if constexpr (kind == kQ4 || kind == kQ2) {
             constexpr int   kRow  = kind == kQ4 ? 16 : 8;  // bytes of a token's group
-            const uint8_t * codes = vblock + 4 * D + gi * kRow + (kind == kQ4 ? 2 * g : 2 * (g & 3));
-            const uint32_t  la    = *reinterpret_cast<const uint16_t *>(codes + ta * kG * kRow);
-            const uint32_t  lb    = *reinterpret_cast<const uint16_t *>(codes + tb * kG * kRow);
+            const int       at    = 4 * D + gi * kRow + (kind == kQ4 ? 2 * g : 2 * (g & 3));
+            const uint32_t  la    = *reinterpret_cast<const uint16_t *>(vblock + swz(at + ta * kG * kRow));
+            const uint32_t  lb    = *reinterpret_cast<const uint16_t *>(vblock + swz(at + tb * kG * kRow));
             const uint32_t  y = __byte_perm(la, lb, 0x5410), y1 = y >> 8;  // channels 2n (y) and 2n + 1 (y1)
             // Q4: channel 2n in the low nibble, 2n + 16 in the high one; Q2: channel c at byte c % 8, bits
             // 2 (c / 8): channels 2n, 2n+1 at bit 2 (g / 4), channels 2n + 16, 2n + 17 four bits higher
             const int       lo = kind == kQ4 ? 0 : 2 * (g >> 2), hi = lo + 4;
-            const uint32_t  m = kind == kQ4 ? 0x000F000Fu : 0x00030003u;
-            b[0]              = code_pair(y, m << lo, lo);
-            b[1]              = code_pair(y1, m << lo, lo);
-            b[2]              = code_pair(y, m << hi, hi);
-            b[3]              = code_pair(y1, m << hi, hi);
+            const uint32_t  m  = kind == kQ4 ? 0x000F000Fu : 0x00030003u;
+            const CodeFix   fix_lo(lo), fix_hi(hi);
+            b[0] = code_pair(y, m << lo, fix_lo);
+            b[1] = code_pair(y1, m << lo, fix_lo);
+            b[2] = code_pair(y, m << hi, fix_hi);
+            b[3] = code_pair(y1, m << hi, fix_hi);
         } else {
             uint32_t w[2][2];  // [token a, b][channels 2n, 2n+1 | 2n+16, 2n+17]
 #pragma unroll
@@ -271,7 +290,8 @@ __device__ __forceinline__ void v_code_frags(const Params &  p,
     }
 }
 
-// One 32-token unit of segment s for this warp's rows: scores, online softmax, O += P V.
+// One 32-token unit of segment s for this warp's rows: scores, online softmax, O += P V. Quantized units read their
+// K and V blocks from kblock / vblock (the warp's shared-memory copies), F16 and tail ones from the segment.
 template <int D, int kind>
 __device__ __forceinline__ void mma_unit(const Params &  p,
                                          const Segment & s,
@@ -281,11 +301,12 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
                                          int             lane,
                                          const float *   sqn,
                                          float           q_unscale,
+                                         const uint8_t * kblock,
+                                         const uint8_t * vblock,
                                          MmaWarp<D> &    w) {
     constexpr int  kG     = D / 32;
     constexpr bool kQuant = kind == kQ4 || kind == kQ2;
     const int      g = lane >> 2, t = lane & 3;
-    const int      n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
 
     // this lane's score tokens (columns 2t, 2t+1 of the four score tiles) and their mask
     bool  vis[4][2];
@@ -317,13 +338,11 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     // S = Q K^T: quantized K as q * scale (A) times codes (B) plus q . min
     float           sacc[4][4] = {};
     float           unscale = q_unscale, bias = 0.0f;
-    const uint8_t * kblock =
-        kQuant ? s.k + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>() : nullptr;
     if constexpr (kQuant) {
         float ks[kG][8], kmax = 0.0f;
 #pragma unroll
         for (int kp = 0; kp < kG; ++kp) {
-            load_halves<8>(kblock + 2 * (32 * kp + 8 * t), ks[kp]);
+            load_halves<8>(kblock + swz(2 * (32 * kp + 8 * t)), ks[kp]);
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
                 kmax = fmaxf(kmax, fabsf(ks[kp][i]));
@@ -335,18 +354,18 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
 #pragma unroll
         for (int kp = 0; kp < kG; ++kp) {
             float km[8];
-            load_halves<8>(kblock + 2 * D + 2 * (32 * kp + 8 * t), km);
+            load_halves<8>(kblock + swz(2 * D + 2 * (32 * kp + 8 * t)), km);
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int    c0 = kstep_channel(2 * kp + h, t);
-                const float4 q  = *reinterpret_cast<const float4 *>(sqn + g * D + c0);
+                const float4 q  = *reinterpret_cast<const float4 *>(sqn + g * kSqnRow<D> + c0);
                 bias = fmaf(q.x, km[4 * h],
                             fmaf(q.y, km[4 * h + 1], fmaf(q.z, km[4 * h + 2], fmaf(q.w, km[4 * h + 3], bias))));
                 uint32_t a[4];
                 split_frag(q.x * (ks[kp][4 * h] * sb), q.y * (ks[kp][4 * h + 1] * sb), q.z * (ks[kp][4 * h + 2] * sb),
                            q.w * (ks[kp][4 * h + 3] * sb), a);
                 uint32_t b0[4], b1[4];
-                k_code_frags<kind>(kblock + 4 * D, c0, g, b0, b1);
+                k_code_frags<D, kind>(kblock, c0, g, b0, b1);
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     mma_16816(sacc[j], a, b0[j], b1[j]);
@@ -386,7 +405,7 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             }
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const float4 q = *reinterpret_cast<const float4 *>(sqn + g * D + kstep_channel(2 * kp + h, t));
+                const float4 q = *reinterpret_cast<const float4 *>(sqn + g * kSqnRow<D> + kstep_channel(2 * kp + h, t));
                 uint32_t     a[4];
                 split_frag(q.x, q.y, q.z, q.w, a);
 #pragma unroll
@@ -425,13 +444,11 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     w.l = w.l * corr + psum;
 
     // O += P V: quantized V as p * scale (A, per group) times codes (B) plus sum(p * min) per group
-    const uint8_t * vblock =
-        kQuant ? s.v + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>() : nullptr;
     VRow<D, kind> vs, vm;
     int           ev = 14;  // F16: p * 2^14 < 2^15
     if constexpr (kQuant) {
-        vs.load(vblock, t);
-        vm.load(vblock + 2 * D, t);
+        vs.load(vblock, 0, t);
+        vm.load(vblock, 2 * D, t);
         ev = scale_exp(row_max4(vs.abs_max()), 13);  // |p * scale| < 2^14
     }
     const float f = corr * exp2i(ev - w.e);
@@ -486,9 +503,45 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     }
 }
 
+// Asynchronous 16-byte copy global -> shared (cp.async, L1 bypassed), its group commit and wait.
+__device__ __forceinline__ void cp_async16(void * dst, const void * src) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+__device__ __forceinline__ void cp_async_wait_all_but_newest() {
+    asm volatile("cp.async.wait_group 1;" ::: "memory");
+}
+
+// Bytes of a quantized unit's K block (its V block is as long).
+template <int D> __device__ __forceinline__ int unit_block_bytes(int kind) {
+    return kind == kQ4 ? static_cast<int>(block_bytes<D, kQ4>()) : static_cast<int>(block_bytes<D, kQ2>());
+}
+
+// Starts the warp's copy of a quantized unit's K and V blocks to dst (K block, then V block; chunks placed by swz).
+template <int D> __device__ __forceinline__ void stage_unit(const Segment & s, int h_kv, int unit, int lane, uint8_t * dst) {
+    const int       bytes = unit_block_bytes<D>(s.kind);
+    const size_t    at    = (static_cast<size_t>(h_kv) * ((s.n_tokens + kUnit - 1) / kUnit) + unit) * bytes;
+    const uint8_t * k = s.k + at, *v = s.v + at;
+    for (int i = 16 * lane; i < bytes; i += 16 * 32) {
+        cp_async16(dst + swz(i), k + i);
+        cp_async16(dst + bytes + swz(i), v + i);
+    }
+}
+
 template <int D> struct MmaShared {
-    float sqn[kMmaRows * D];          // [g][channel]: scaled query rows, each brought to [1, 2) by 2^qexp[g]
-    float acc[kWarps][kMmaRows * D];  // the warps' unnormalized outputs
+    alignas(16) float sqn[kMmaRows * kSqnRow<D>];  // [g][channel]: scaled query rows, each in [1, 2) times 2^-qexp[g]
+
+    union {
+        // per warp, two stages of a quantized unit's K and V blocks: the next unit copies in while this one computes
+        alignas(16) uint8_t stage[kWarps][2][2 * block_bytes<D, kQ4>()];
+        float acc[kWarps][kMmaRows * D];  // at the end: the warps' unnormalized outputs
+    };
+
     float m[kWarps][kMmaRows], l[kWarps][kMmaRows];
     int   qexp[kMmaRows];
 };
@@ -504,7 +557,7 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
 
     for (int i = threadIdx.x; i < kMmaRows * D; i += blockDim.x) {
         const int r = i / D, d = i % D;
-        sh.sqn[i] = r < n_g ?
+        sh.sqn[r * kSqnRow<D> + d] = r < n_g ?
                         p.scale * *reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(p.q) +
                                                                    qi * p.q_nb_token + (h0 + r) * p.q_nb_head + 4 * d) :
                         0.0f;
@@ -513,11 +566,11 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
     for (int r = warp; r < kMmaRows; r += kWarps) {  // each row to [1, 2): its fp16 split keeps ~22 bits
         float mx = 0.0f;
         for (int d = lane; d < D; d += 32) {
-            mx = fmaxf(mx, fabsf(sh.sqn[r * D + d]));
+            mx = fmaxf(mx, fabsf(sh.sqn[r * kSqnRow<D> + d]));
         }
         const int e = scale_exp(warp_max(mx), 0);
         for (int d = lane; d < D; d += 32) {
-            sh.sqn[r * D + d] *= exp2i(e);
+            sh.sqn[r * kSqnRow<D> + d] *= exp2i(e);
         }
         if (lane == 0) {
             sh.qexp[r] = e;
@@ -539,21 +592,39 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
         }
     }
     w.m = -INFINITY, w.l = 0.0f, w.e = 0;
-    for_each_unit(p, qi, split, warp, [&](const Segment & s, int unit) {
+    int  cur    = 0;      // the stage that holds (or gets) the current unit
+    bool staged = false;  // the current unit's copy was started with the previous unit
+    auto quant  = [](int kind) { return kind == kQ4 || kind == kQ2; };
+    for_each_unit(p, qi, split, warp, [&](const Segment & s, int unit, int next, int next_unit) {
+        uint8_t * here = sh.stage[warp][cur];
+        if (quant(s.kind) && !staged) {
+            stage_unit<D>(s, h_kv, unit, lane, here);
+            cp_async_commit();
+        }
+        staged = next >= 0 && quant(p.seg[next].kind);
+        if (staged) {
+            stage_unit<D>(p.seg[next], h_kv, next_unit, lane, sh.stage[warp][cur ^ 1]);
+        }
+        cp_async_commit();  // (maybe empty) the newest group: every older one, this unit's, is waited for
+        cp_async_wait_all_but_newest();
+        __syncwarp();
+        const uint8_t * vb = here + (quant(s.kind) ? unit_block_bytes<D>(s.kind) : 0);
         switch (s.kind) {
             case kF16:
-                mma_unit<D, kF16>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, w);
+                mma_unit<D, kF16>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, here, vb, w);
                 break;
             case kQ4:
-                mma_unit<D, kQ4>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, w);
+                mma_unit<D, kQ4>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, here, vb, w);
                 break;
             case kQ2:
-                mma_unit<D, kQ2>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, w);
+                mma_unit<D, kQ2>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, here, vb, w);
                 break;
             default:
-                mma_unit<D, kTail>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, w);
+                mma_unit<D, kTail>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, here, vb, w);
                 break;
         }
+        __syncwarp();  // every lane is done with this stage before the copy after next refills it
+        cur ^= 1;
     });
 
     // row sums over the row's four lanes; this lane's columns of row g (remainder rows added) into the table
@@ -563,6 +634,7 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
         sh.l[warp][g] = w.l;
     }
     const float unscale = exp2i(-w.e);
+    __syncthreads();  // the output table overlays the other warps' stages
 #pragma unroll
     for (int gi = 0; gi < D / 32; ++gi) {
         const float mins = row_sum4(w.vmin[gi]);
