@@ -22,6 +22,8 @@ namespace cocktail::cuda_impl {
 constexpr int kMmaRows = 8;  // query heads per block (A rows 0-7; 8-15 hold their remainders)
 
 // head_dim values the tensor-core kernel takes (its V accumulators, D / 2 floats per lane, bound the rest)
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
 __host__ __device__ constexpr bool mma_head_dim(int D) {
     return D == 32 || D == 64 || D == 128;
 }
@@ -92,15 +94,10 @@ __device__ __forceinline__ uint32_t code_pair(uint32_t y, uint32_t mask, const C
     return h2_bits(__hfma2(bits_h2((y & mask) | 0x64006400u), fix.mul, fix.add));
 }
 
-// Token (0..31 in the unit) of column n (0..7) of score tile j (0..3): the order in which a lane's code loads hold
-// them. Q4 K: the 2-byte load at byte 2n of a channel holds tokens 2n, 2n+1 (low nibbles), 2n+16, 2n+17 (high);
-// Q2 K: the byte n holds tokens n, n+8, n+16, n+24; F16 rows: any order, this one.
-template <int kind> __device__ __forceinline__ int tile_token(int j, int n) {
-    if constexpr (kind == kQ4) {
-        return 2 * n + (j & 1) + 16 * (j >> 1);
-    } else {
-        return 8 * j + n;
-    }
+// Token (0..31 in the unit) of column n (0..7) of score tile j (0..3), for every kind: the tokens 2n, 2n+1, 2n+16,
+// 2n+17 that one 2-byte load of a quantized K channel's codes holds (QuantCodes).
+__device__ __forceinline__ int tile_token(int j, int n) {
+    return 2 * n + (j & 1) + 16 * (j >> 1);
 }
 
 // The channels of k-step ks for lane t: 32 (ks / 2) + 8 t + 4 (ks % 2) + {0..3}: k = 2t, 2t+1, 2t+8, 2t+9 of the
@@ -109,95 +106,74 @@ __device__ __forceinline__ int kstep_channel(int ks, int t) {
     return 32 * (ks >> 1) + 8 * t + 4 * (ks & 1);
 }
 
-// V tile x (0..3) of group gi, column n: channel 32 gi + {2n, 2n+1, 2n+16, 2n+17}[x] (one 2-byte Q4 load at byte 2n
-// of a token's group holds all four).
+// V tile x (0..3) of group gi, column n: channel 32 gi + {2n, 2n+1, 2n+16, 2n+17}[x] (what one 2-byte load of a
+// token group's quantized codes holds).
 __device__ __forceinline__ int v_channel(int gi, int x, int n) {
     return 32 * gi + 2 * n + (x & 1) + 16 * (x >> 1);
-}
-
-// Where byte `off` of a quantized K or V block lies in the warp's shared-memory copy: 16-byte chunk q at
-// q ^ (q / 8 % 8), so that lanes reading the same bytes of chunks 128 bytes apart (lanes t = 0..3: a channel's
-// codes 8 channels apart, a token's 4 tokens apart) hit different banks. Keeps every 16-byte chunk whole.
-__device__ __forceinline__ int swz(int off) {
-    return off ^ (((off >> 7) & 7) << 4);
 }
 
 // Floats per row of the shared query table: 4 more than D so that rows g and g + 1 fall on other banks.
 template <int D> constexpr int kSqnRow = D + 4;
 
-// K codes of k-step channels c0..c0+3 (from the staged K block) as B fragments of the four score tiles (lane's
-// column g).
-template <int D, int kind>
-__device__ __forceinline__ void k_code_frags(const uint8_t * kblock,
-                                             int             c0,
-                                             int             g,
-                                             uint32_t (&b0)[4],
-                                             uint32_t (&b1)[4]) {
-    uint32_t ld[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        ld[i] = kind == kQ4 ? *reinterpret_cast<const uint16_t *>(kblock + swz(4 * D + (c0 + i) * 16 + 2 * g)) :
-                              static_cast<uint32_t>(kblock[swz(4 * D + (c0 + i) * 8 + g)]);
+// How lane column n reads Q4 / Q2 codes (native/README.md): a K channel's codes (32 tokens) and a V token's group
+// (32 channels) are packed alike, so the 2-byte load at byte `at` of one holds elements 2n, 2n+1 (its bytes 0, 1, at
+// bit lo) and 2n+16, 2n+17 (at bit lo + 4). Q4: 16 bytes per channel / group, at 2n, 4-bit fields at bit 0 and 4;
+// Q2: 8 bytes, element e at byte e % 8, bit 2 (e / 8): at 2 (n % 4), 2-bit fields at bit 2 (n / 4) and 4 above.
+struct QuantCodes {
+    int      row;  // bytes per K channel / V token group
+    int      at;
+    uint32_t m_lo, m_hi;
+    CodeFix  f_lo, f_hi;
+
+    __device__ __forceinline__ QuantCodes(bool q4, int n) :
+        row(q4 ? 16 : 8),
+        at(q4 ? 2 * n : 2 * (n & 3)),
+        m_lo(q4 ? 0x000F000Fu : 0x00030003u << (2 * (n >> 2))),
+        m_hi(q4 ? 0x00F000F0u : 0x00300030u << (2 * (n >> 2))),
+        f_lo(q4 ? 0 : 2 * (n >> 2)),
+        f_hi(q4 ? 4 : 2 * (n >> 2) + 4) {}
+
+    // The two 2-byte loads of elements a and b (half2 low and high) as four half2: 2n, 2n+1, 2n+16, 2n+17.
+    __device__ __forceinline__ void frags(uint32_t la, uint32_t lb, uint32_t (&b)[4]) const {
+        const uint32_t y = __byte_perm(la, lb, 0x5410), y1 = y >> 8;
+        b[0] = code_pair(y, m_lo, f_lo);
+        b[1] = code_pair(y1, m_lo, f_lo);
+        b[2] = code_pair(y, m_hi, f_hi);
+        b[3] = code_pair(y1, m_hi, f_hi);
     }
-#pragma unroll
-    for (int pair = 0; pair < 2; ++pair) {
-        uint32_t (&b)[4] = pair == 0 ? b0 : b1;
-        const uint32_t y = __byte_perm(ld[2 * pair], ld[2 * pair + 1], 0x5410);  // channel c, c+1 in bytes 0-1, 2-3
-        if constexpr (kind == kQ4) {
-            const uint32_t y1 = y >> 8;                                          // the second token's byte
-            const CodeFix  lo(0), hi(4);
-            b[0] = code_pair(y, 0x000F000Fu, lo);
-            b[1] = code_pair(y1, 0x000F000Fu, lo);
-            b[2] = code_pair(y, 0x00F000F0u, hi);
-            b[3] = code_pair(y1, 0x00F000F0u, hi);
-        } else {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                b[j] = code_pair(y, 0x00030003u << (2 * j), CodeFix(2 * j));
-            }
-        }
-    }
+};
+
+__device__ __forceinline__ uint32_t ld_u16(const uint8_t * p) {
+    return *reinterpret_cast<const uint16_t *>(p);
 }
 
-// Loads N bytes (4, 8, 16 or 32) at byte off (aligned to min(N, 16)) of a staged block into words.
-template <int N> __device__ __forceinline__ void load_words(const uint8_t * block, int off, uint32_t (&w)[N / 4]) {
-    if constexpr (N == 4) {
-        w[0] = *reinterpret_cast<const uint32_t *>(block + swz(off));
-    } else if constexpr (N == 8) {
-        const uint2 v = *reinterpret_cast<const uint2 *>(block + swz(off));
-        w[0] = v.x, w[1] = v.y;
-    } else {
-#pragma unroll
-        for (int i = 0; i < N / 16; ++i) {
-            const uint4 v = *reinterpret_cast<const uint4 *>(block + swz(off + 16 * i));
-            w[4 * i] = v.x, w[4 * i + 1] = v.y, w[4 * i + 2] = v.z, w[4 * i + 3] = v.w;
-        }
-    }
-}
-
-// The V scales (or mins) of this lane's 8 score tokens, all groups: half (j, e, gi) is token tile_token(j, 2t + e).
-// Q4 tokens come as two runs of 4 (4t.. and 16 + 4t..), Q2 ones as four runs of 2 (8j + 2t..).
-template <int D, int kind> struct VRow {
-    static constexpr int kG = D / 32;
-    uint32_t             w[8 * kG / 2];
+// The V scales (or mins) of this lane's 8 score tokens, all groups: half (j, e, gi) is token tile_token(j, 2t + e),
+// i.e. tokens 4t .. 4t+3 and 16 + 4t .. 16 + 4t + 3: two runs of 4 tokens x D / 32 groups.
+template <int D> struct VRow {
+    static constexpr int kG = D / 32, kBytes = 8 * kG;  // bytes of one run
+    uint32_t             w[4 * kG];
 
     // from the table at byte `at` of the staged V block (scales: 0, mins: 2 D)
     __device__ __forceinline__ void load(const uint8_t * vblock, int at, int t) {
-        constexpr int kRun = kind == kQ4 ? 4 : 2, kRuns = 8 / kRun, kBytes = 2 * kRun * kG;
 #pragma unroll
-        for (int r = 0; r < kRuns; ++r) {
-            const int tok0 = kind == kQ4 ? 4 * t + 16 * r : 8 * r + 2 * t;
-            uint32_t  part[kBytes / 4];
-            load_words<kBytes>(vblock, at + 2 * tok0 * kG, part);
+        for (int r = 0; r < 2; ++r) {
+            const uint8_t * src = vblock + at + 2 * (4 * t + 16 * r) * kG;
+            if constexpr (kBytes == 8) {
+                const uint2 v = *reinterpret_cast<const uint2 *>(src);
+                w[2 * r] = v.x, w[2 * r + 1] = v.y;
+            } else {
 #pragma unroll
-            for (int i = 0; i < kBytes / 4; ++i) {
-                w[r * kBytes / 4 + i] = part[i];
+                for (int i = 0; i < kBytes / 16; ++i) {
+                    const uint4 v             = reinterpret_cast<const uint4 *>(src)[i];
+                    w[r * kBytes / 4 + 4 * i] = v.x, w[r * kBytes / 4 + 4 * i + 1] = v.y;
+                    w[r * kBytes / 4 + 4 * i + 2] = v.z, w[r * kBytes / 4 + 4 * i + 3] = v.w;
+                }
             }
         }
     }
 
     __device__ __forceinline__ float at(int j, int e, int gi) const {
-        const int     idx = kind == kQ4 ? ((j >> 1) * 4 + 2 * e + (j & 1)) * kG + gi : (j * 2 + e) * kG + gi;
+        const int     idx = ((j >> 1) * 4 + 2 * e + (j & 1)) * kG + gi;
         const __half2 h   = bits_h2(w[idx / 2]);
         return __half2float((idx & 1) ? __high2half(h) : __low2half(h));
     }
@@ -205,7 +181,7 @@ template <int D, int kind> struct VRow {
     __device__ __forceinline__ float abs_max() const {
         __half2 m = __habs2(bits_h2(w[0]));
 #pragma unroll
-        for (int i = 1; i < 8 * kG / 2; ++i) {
+        for (int i = 1; i < 4 * kG; ++i) {
             m = __hmax2(m, __habs2(bits_h2(w[i])));
         }
         return fmaxf(__low2float(m), __high2float(m));
@@ -215,84 +191,40 @@ template <int D, int kind> struct VRow {
 template <int D> struct MmaWarp {
     float o[D / 32][4][4];  // [V group][tile][c0..c3]: rows g and g + 8 (remainders) of this lane's columns
     float vmin[D / 32];     // sum of p * V min over this lane's tokens, per group (added at the end)
-    float m;                // running max of row g (the same in its four lanes)
+    float m;                // running max of row g in log2 units (the same in its four lanes)
     float l;                // this lane's share of row g's sum
     int   e;                // o holds 2^e times the output
 };
 
-// The unit's V codes of group gi, k-step ks as B fragments of the four V tiles. Tokens: b0 rows 2t, 2t+1 are score
-// tile 2ks's columns 2t, 2t+1, b1 rows tile 2ks + 1's (the A fragment of P takes the score fragments as they are).
-template <int D, int kind>
-__device__ __forceinline__ void v_code_frags(const Params &  p,
-                                             const Segment & s,
-                                             const uint8_t * vblock,
-                                             int             h_kv,
-                                             int             unit,
-                                             int             gi,
-                                             int             ks,
-                                             int             g,
-                                             int             t,
-                                             uint32_t (&b0)[4],
-                                             uint32_t (&b1)[4]) {
-    constexpr int kG = D / 32;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        uint32_t (&b)[4] = half == 0 ? b0 : b1;
-        const int ta = tile_token<kind>(2 * ks + half, 2 * t), tb = tile_token<kind>(2 * ks + half, 2 * t + 1);
-        if constexpr (kind == kQ4 || kind == kQ2) {
-            constexpr int   kRow  = kind == kQ4 ? 16 : 8;  // bytes of a token's group
-            const int       at    = 4 * D + gi * kRow + (kind == kQ4 ? 2 * g : 2 * (g & 3));
-            const uint32_t  la    = *reinterpret_cast<const uint16_t *>(vblock + swz(at + ta * kG * kRow));
-            const uint32_t  lb    = *reinterpret_cast<const uint16_t *>(vblock + swz(at + tb * kG * kRow));
-            const uint32_t  y = __byte_perm(la, lb, 0x5410), y1 = y >> 8;  // channels 2n (y) and 2n + 1 (y1)
-            // Q4: channel 2n in the low nibble, 2n + 16 in the high one; Q2: channel c at byte c % 8, bits
-            // 2 (c / 8): channels 2n, 2n+1 at bit 2 (g / 4), channels 2n + 16, 2n + 17 four bits higher
-            const int       lo = kind == kQ4 ? 0 : 2 * (g >> 2), hi = lo + 4;
-            const uint32_t  m  = kind == kQ4 ? 0x000F000Fu : 0x00030003u;
-            const CodeFix   fix_lo(lo), fix_hi(hi);
-            b[0] = code_pair(y, m << lo, fix_lo);
-            b[1] = code_pair(y1, m << lo, fix_lo);
-            b[2] = code_pair(y, m << hi, fix_hi);
-            b[3] = code_pair(y1, m << hi, fix_hi);
+// Byte strides of an F16 region ([head][token][D]) or of the tail (the call's), for K or V.
+struct F16Layout {
+    size_t nb_token, nb_head, nb_channel;
+
+    __device__ __forceinline__ F16Layout(const Params & p, const Segment & s, bool v, int D) {
+        if (s.kind != kTail) {
+            nb_token = 2 * D, nb_head = static_cast<size_t>(s.n_tokens) * 2 * D, nb_channel = 2;
         } else {
-            uint32_t w[2][2];  // [token a, b][channels 2n, 2n+1 | 2n+16, 2n+17]
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const int tok = unit * kUnit + (r == 0 ? ta : tb);
-#pragma unroll
-                for (int x = 0; x < 2; ++x) {
-                    const int c = v_channel(gi, 2 * x, g);
-                    w[r][x]     = 0;
-                    if (tok < s.n_tokens) {
-                        if constexpr (kind == kF16) {
-                            w[r][x] = *reinterpret_cast<const uint32_t *>(
-                                s.v + ((static_cast<size_t>(h_kv) * s.n_tokens + tok) * D + c) * 2);
-                        } else {
-                            const uint8_t * row = s.v + tok * p.tv_nb_token + h_kv * p.tv_nb_head;
-                            if (p.tail_v_vec) {
-                                w[r][x] = *reinterpret_cast<const uint32_t *>(row + 2 * c);
-                            } else {
-                                w[r][x] = *reinterpret_cast<const uint16_t *>(row + c * p.tv_nb_channel) |
-                                          static_cast<uint32_t>(
-                                              *reinterpret_cast<const uint16_t *>(row + (c + 1) * p.tv_nb_channel))
-                                              << 16;
-                            }
-                        }
-                    }
-                }
-            }
-#pragma unroll
-            for (int x = 0; x < 2; ++x) {
-                b[2 * x]     = __byte_perm(w[0][x], w[1][x], 0x5410);
-                b[2 * x + 1] = __byte_perm(w[0][x], w[1][x], 0x7632);
-            }
+            nb_token   = v ? p.tv_nb_token : p.tk_nb_token;
+            nb_head    = v ? p.tv_nb_head : p.tk_nb_head;
+            nb_channel = v ? p.tv_nb_channel : 2;
         }
     }
+};
+
+// K channels c .. c + 7 of a tail row without 16-byte alignment. Out of line: a rare layout, kept out of the hot code.
+__device__ __noinline__ uint4 tail_k_slice(const uint8_t * row) {
+    uint32_t x[4];
+    for (int i = 0; i < 4; ++i) {
+        x[i] = ld_u16(row + 4 * i) | ld_u16(row + 4 * i + 2) << 16;
+    }
+    return make_uint4(x[0], x[1], x[2], x[3]);
 }
 
-// One 32-token unit of segment s for this warp's rows: scores, online softmax, O += P V. Quantized units read their
-// K and V blocks from kblock / vblock (the warp's shared-memory copies), F16 and tail ones from the segment.
-template <int D, int kind>
+// One 32-token unit of segment s for this warp's rows: scores, online softmax (in log2 units: exp2), O += P V.
+// kQuant: a Q4 or Q2 unit, its K and V blocks read from kblock / vblock (the warp's shared-memory copies); otherwise
+// an F16 region's or the tail's unit, from global memory (the tail's strides and mask). Loops that index no
+// register array stay rolled: the kernel's code has to fit the instruction cache.
+template <int D, bool kQuant>
 __device__ __forceinline__ void mma_unit(const Params &  p,
                                          const Segment & s,
                                          int             qi,
@@ -304,11 +236,11 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
                                          const uint8_t * kblock,
                                          const uint8_t * vblock,
                                          MmaWarp<D> &    w) {
-    constexpr int  kG     = D / 32;
-    constexpr bool kQuant = kind == kQ4 || kind == kQ2;
-    const int      g = lane >> 2, t = lane & 3;
+    constexpr int kG = D / 32;
+    const int     g = lane >> 2, t = lane & 3;
+    const bool    tail = s.kind == kTail;
 
-    // this lane's score tokens (columns 2t, 2t+1 of the four score tiles) and their mask
+    // this lane's score tokens (columns 2t, 2t+1 of the four score tiles) and their mask (log2 units)
     bool  vis[4][2];
     float add[4][2];
     bool  any = false;
@@ -316,45 +248,45 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     for (int j = 0; j < 4; ++j) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-            const int tok = unit * kUnit + tile_token<kind>(j, 2 * t + e);
+            const int tok = unit * kUnit + tile_token(j, 2 * t + e);
             vis[j][e]     = tok < s.n_tokens;
             add[j][e]     = 0.0f;
-            if constexpr (kind == kTail) {
-                if (vis[j][e] && p.mask != nullptr) {
-                    const uint8_t * row = p.mask + qi * p.mask_nb_row;
-                    add[j][e]           = p.mask_f16 ? h2f(row + 2 * tok) : reinterpret_cast<const float *>(row)[tok];
-                    vis[j][e]           = add[j][e] != -INFINITY;
-                }
+            if (!kQuant && tail && vis[j][e] && p.mask != nullptr) {
+                const uint8_t * row = p.mask + qi * p.mask_nb_row;
+                add[j][e] = (p.mask_f16 ? h2f(row + 2 * tok) : reinterpret_cast<const float *>(row)[tok]) * kLog2e;
+                vis[j][e] = add[j][e] != -INFINITY;
             }
             any = any || vis[j][e];
         }
     }
-    if constexpr (kind == kTail) {  // the cache's view is padded with masked cells: skip units that see nothing
-        if (!__any_sync(0xffffffffu, any)) {
-            return;
-        }
+    if (!kQuant && tail && !__any_sync(0xffffffffu, any)) {  // the cache's view is padded with masked cells
+        return;
     }
 
     // S = Q K^T: quantized K as q * scale (A) times codes (B) plus q . min
-    float           sacc[4][4] = {};
-    float           unscale = q_unscale, bias = 0.0f;
+    float            sacc[4][4] = {};
+    float            unscale = q_unscale, bias = 0.0f;
+    const QuantCodes qc(s.kind == kQ4, g);
     if constexpr (kQuant) {
-        float ks[kG][8], kmax = 0.0f;
-#pragma unroll
+        float kmax = 0.0f;
+#pragma unroll 1
         for (int kp = 0; kp < kG; ++kp) {
-            load_halves<8>(kblock + swz(2 * (32 * kp + 8 * t)), ks[kp]);
+            float ks[8];
+            load_halves<8>(kblock + 2 * (32 * kp + 8 * t), ks);
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
-                kmax = fmaxf(kmax, fabsf(ks[kp][i]));
+                kmax = fmaxf(kmax, fabsf(ks[i]));
             }
         }
         const int   eb = scale_exp(row_max4(kmax), 13);  // |q * scale| < 2 * 2^14 (q is scaled to [1, 2))
         const float sb = exp2i(eb);
         unscale *= exp2i(-eb);
-#pragma unroll
+        const uint8_t * codes = kblock + 4 * D + qc.at;
+#pragma unroll 1
         for (int kp = 0; kp < kG; ++kp) {
-            float km[8];
-            load_halves<8>(kblock + swz(2 * D + 2 * (32 * kp + 8 * t)), km);
+            float ks[8], km[8];
+            load_halves<8>(kblock + 2 * (32 * kp + 8 * t), ks);
+            load_halves<8>(kblock + 2 * D + 2 * (32 * kp + 8 * t), km);
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int    c0 = kstep_channel(2 * kp + h, t);
@@ -362,10 +294,11 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
                 bias = fmaf(q.x, km[4 * h],
                             fmaf(q.y, km[4 * h + 1], fmaf(q.z, km[4 * h + 2], fmaf(q.w, km[4 * h + 3], bias))));
                 uint32_t a[4];
-                split_frag(q.x * (ks[kp][4 * h] * sb), q.y * (ks[kp][4 * h + 1] * sb), q.z * (ks[kp][4 * h + 2] * sb),
-                           q.w * (ks[kp][4 * h + 3] * sb), a);
-                uint32_t b0[4], b1[4];
-                k_code_frags<D, kind>(kblock, c0, g, b0, b1);
+                split_frag(q.x * (ks[4 * h] * sb), q.y * (ks[4 * h + 1] * sb), q.z * (ks[4 * h + 2] * sb),
+                           q.w * (ks[4 * h + 3] * sb), a);
+                uint32_t b0[4], b1[4];  // channels c0, c0+1 and c0+2, c0+3; this lane's token of each tile
+                qc.frags(ld_u16(codes + c0 * qc.row), ld_u16(codes + (c0 + 1) * qc.row), b0);
+                qc.frags(ld_u16(codes + (c0 + 2) * qc.row), ld_u16(codes + (c0 + 3) * qc.row), b1);
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     mma_16816(sacc[j], a, b0[j], b1[j]);
@@ -374,34 +307,17 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
         }
         bias = row_sum4(bias) * q_unscale;
     } else {
-#pragma unroll
+        const F16Layout kl(p, s, false, D);
+#pragma unroll 1
         for (int kp = 0; kp < kG; ++kp) {
             uint4 rows[4];  // channels 32 kp + 8 t .. + 7 of this lane's token in each score tile
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                const int tok = unit * kUnit + tile_token<kind>(j, g);
-                const int c   = 32 * kp + 8 * t;
-                rows[j]       = make_uint4(0, 0, 0, 0);
-                if (tok < s.n_tokens) {
-                    if constexpr (kind == kF16) {
-                        rows[j] = *reinterpret_cast<const uint4 *>(
-                            s.k + ((static_cast<size_t>(h_kv) * s.n_tokens + tok) * D + c) * 2);
-                    } else {
-                        const uint8_t * row = s.k + tok * p.tk_nb_token + h_kv * p.tk_nb_head + 2 * c;
-                        if (p.tail_k_vec) {
-                            rows[j] = *reinterpret_cast<const uint4 *>(row);
-                        } else {
-                            uint32_t x[4];
-#pragma unroll
-                            for (int i = 0; i < 4; ++i) {
-                                x[i] = *reinterpret_cast<const uint16_t *>(row + 4 * i) |
-                                       static_cast<uint32_t>(*reinterpret_cast<const uint16_t *>(row + 4 * i + 2))
-                                           << 16;
-                            }
-                            rows[j] = make_uint4(x[0], x[1], x[2], x[3]);
-                        }
-                    }
-                }
+                const int       tok = unit * kUnit + tile_token(j, g);
+                const uint8_t * at  = s.k + tok * kl.nb_token + h_kv * kl.nb_head + 2 * (32 * kp + 8 * t);
+                rows[j]             = tok >= s.n_tokens     ? make_uint4(0, 0, 0, 0) :
+                                      !tail || p.tail_k_vec ? *reinterpret_cast<const uint4 *>(at) :
+                                                              tail_k_slice(at);
             }
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
@@ -417,6 +333,8 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     }
 
     // online softmax over row g (this lane's 8 tokens, then the row's 4 lanes)
+    unscale *= kLog2e;
+    bias *= kLog2e;
     float sc[4][2], rmax = -INFINITY;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -430,22 +348,24 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     if (m_new == -INFINITY) {  // nothing seen yet by any row (the rows share the tokens and their visibility)
         return;
     }
-    const float corr = w.m == -INFINITY ? 0.0f : expf(w.m - m_new);
+    const float corr = w.m == -INFINITY ? 0.0f : exp2f(w.m - m_new);
     float       pr[4][2], psum = 0.0f;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-            pr[j][e] = vis[j][e] ? expf(sc[j][e] - m_new) : 0.0f;
+            pr[j][e] = vis[j][e] ? exp2f(sc[j][e] - m_new) : 0.0f;
             psum += pr[j][e];
         }
     }
     w.m = m_new;
     w.l = w.l * corr + psum;
 
-    // O += P V: quantized V as p * scale (A, per group) times codes (B) plus sum(p * min) per group
-    VRow<D, kind> vs, vm;
-    int           ev = 14;  // F16: p * 2^14 < 2^15
+    // O += P V: quantized V as p * scale (A, per group) times codes (B) plus sum(p * min) per group; F16 V as p (A)
+    // times its values. A's k-steps are the score tiles as they are: k 2t, 2t+1 of k-step ks = tile 2ks's columns
+    // 2t, 2t+1, k 2t+8, 2t+9 = tile 2ks + 1's, so B row k holds the matching token.
+    VRow<D> vs, vm;
+    int     ev = 14;  // F16: p * 2^14 <= 2^14
     if constexpr (kQuant) {
         vs.load(vblock, 0, t);
         vm.load(vblock, 2 * D, t);
@@ -464,8 +384,9 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             }
         }
     }
-    w.e             = ev;
-    const float sev = exp2i(ev);
+    w.e                 = ev;
+    const float     sev = exp2i(ev);
+    const F16Layout vl(p, s, true, D);
 #pragma unroll
     for (int gi = 0; gi < kG; ++gi) {
         float pv[4][2];
@@ -493,11 +414,36 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
         for (int ks = 0; ks < 2; ++ks) {
             uint32_t a[4];
             split_frag(pv[2 * ks][0], pv[2 * ks][1], pv[2 * ks + 1][0], pv[2 * ks + 1][1], a);
-            uint32_t b0[4], b1[4];
-            v_code_frags<D, kind>(p, s, vblock, h_kv, unit, gi, ks, g, t, b0, b1);
+            uint32_t b[2][4];  // [b0, b1][tile]
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int ta = tile_token(2 * ks + half, 2 * t), tb = tile_token(2 * ks + half, 2 * t + 1);
+                if constexpr (kQuant) {
+                    const uint8_t * codes = vblock + 4 * D + gi * qc.row + qc.at;
+                    qc.frags(ld_u16(codes + ta * kG * qc.row), ld_u16(codes + tb * kG * qc.row), b[half]);
+                } else {
+                    // each channel a 2-byte load under the V channel stride: one compact code path for any layout
+                    uint32_t wd[2][2];  // [token a, b][channels 2n, 2n+1 | 2n+16, 2n+17]
+#pragma unroll
+                    for (int r = 0; r < 2; ++r) {
+                        const int       tok = unit * kUnit + (r == 0 ? ta : tb);
+                        const uint8_t * row = s.v + tok * vl.nb_token + h_kv * vl.nb_head;
+#pragma unroll
+                        for (int x = 0; x < 2; ++x) {
+                            const uint8_t * at = row + v_channel(gi, 2 * x, g) * vl.nb_channel;
+                            wd[r][x]           = tok < s.n_tokens ? ld_u16(at) | ld_u16(at + vl.nb_channel) << 16 : 0;
+                        }
+                    }
+#pragma unroll
+                    for (int x = 0; x < 2; ++x) {
+                        b[half][2 * x]     = __byte_perm(wd[0][x], wd[1][x], 0x5410);
+                        b[half][2 * x + 1] = __byte_perm(wd[0][x], wd[1][x], 0x7632);
+                    }
+                }
+            }
 #pragma unroll
             for (int x = 0; x < 4; ++x) {
-                mma_16816(w.o[gi][x], a, b0[x], b1[x]);
+                mma_16816(w.o[gi][x], a, b[0][x], b[1][x]);
             }
         }
     }
@@ -522,14 +468,15 @@ template <int D> __device__ __forceinline__ int unit_block_bytes(int kind) {
     return kind == kQ4 ? static_cast<int>(block_bytes<D, kQ4>()) : static_cast<int>(block_bytes<D, kQ2>());
 }
 
-// Starts the warp's copy of a quantized unit's K and V blocks to dst (K block, then V block; chunks placed by swz).
-template <int D> __device__ __forceinline__ void stage_unit(const Segment & s, int h_kv, int unit, int lane, uint8_t * dst) {
-    const int       bytes = unit_block_bytes<D>(s.kind);
-    const size_t    at    = (static_cast<size_t>(h_kv) * ((s.n_tokens + kUnit - 1) / kUnit) + unit) * bytes;
-    const uint8_t * k = s.k + at, *v = s.v + at;
+// Starts the warp's copy of a quantized unit's K and V blocks to dst (K block, then V block).
+template <int D>
+__device__ __forceinline__ void stage_unit(const Segment & s, int h_kv, int unit, int lane, uint8_t * dst) {
+    const int      bytes = unit_block_bytes<D>(s.kind);
+    const size_t   at    = (static_cast<size_t>(h_kv) * ((s.n_tokens + kUnit - 1) / kUnit) + unit) * bytes;
+    const uint8_t *k = s.k + at, *v = s.v + at;
     for (int i = 16 * lane; i < bytes; i += 16 * 32) {
-        cp_async16(dst + swz(i), k + i);
-        cp_async16(dst + bytes + swz(i), v + i);
+        cp_async16(dst + (i), k + i);
+        cp_async16(dst + bytes + (i), v + i);
     }
 }
 
@@ -557,10 +504,10 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
 
     for (int i = threadIdx.x; i < kMmaRows * D; i += blockDim.x) {
         const int r = i / D, d = i % D;
-        sh.sqn[r * kSqnRow<D> + d] = r < n_g ?
-                        p.scale * *reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(p.q) +
-                                                                   qi * p.q_nb_token + (h0 + r) * p.q_nb_head + 4 * d) :
-                        0.0f;
+        sh.sqn[r * kSqnRow<D> + d] =
+            r < n_g ? p.scale * *reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(p.q) +
+                                                                 qi * p.q_nb_token + (h0 + r) * p.q_nb_head + 4 * d) :
+                      0.0f;
     }
     __syncthreads();
     for (int r = warp; r < kMmaRows; r += kWarps) {  // each row to [1, 2): its fp16 split keeps ~22 bits
@@ -594,7 +541,9 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
     w.m = -INFINITY, w.l = 0.0f, w.e = 0;
     int  cur    = 0;      // the stage that holds (or gets) the current unit
     bool staged = false;  // the current unit's copy was started with the previous unit
-    auto quant  = [](int kind) { return kind == kQ4 || kind == kQ2; };
+    auto quant  = [](int kind) {
+        return kind == kQ4 || kind == kQ2;
+    };
     for_each_unit(p, qi, split, warp, [&](const Segment & s, int unit, int next, int next_unit) {
         uint8_t * here = sh.stage[warp][cur];
         if (quant(s.kind) && !staged) {
@@ -608,20 +557,11 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
         cp_async_commit();  // (maybe empty) the newest group: every older one, this unit's, is waited for
         cp_async_wait_all_but_newest();
         __syncwarp();
-        const uint8_t * vb = here + (quant(s.kind) ? unit_block_bytes<D>(s.kind) : 0);
-        switch (s.kind) {
-            case kF16:
-                mma_unit<D, kF16>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, here, vb, w);
-                break;
-            case kQ4:
-                mma_unit<D, kQ4>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, here, vb, w);
-                break;
-            case kQ2:
-                mma_unit<D, kQ2>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, here, vb, w);
-                break;
-            default:
-                mma_unit<D, kTail>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, here, vb, w);
-                break;
+        if (quant(s.kind)) {
+            mma_unit<D, true>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, here, here + unit_block_bytes<D>(s.kind),
+                              w);
+        } else {  // F16 region or tail
+            mma_unit<D, false>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, nullptr, nullptr, w);
         }
         __syncwarp();  // every lane is done with this stage before the copy after next refills it
         cur ^= 1;
@@ -630,7 +570,7 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
     // row sums over the row's four lanes; this lane's columns of row g (remainder rows added) into the table
     w.l = row_sum4(w.l);
     if (t == 0) {
-        sh.m[warp][g] = w.m;
+        sh.m[warp][g] = w.m * kLn2;  // write_split and the merge take natural units
         sh.l[warp][g] = w.l;
     }
     const float unscale = exp2i(-w.e);
