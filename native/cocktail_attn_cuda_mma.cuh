@@ -70,6 +70,13 @@ __device__ __forceinline__ int scale_exp(float x, int top) {
     return max(-100, min(100, top - e));
 }
 
+// 2^x for x <= 0 (ex2.approx: ~2 ulp; results below 2^-126 flush to 0, weights that small add nothing).
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 __device__ __forceinline__ float row_max4(float x) {  // over the 4 lanes of a fragment row (t = 0..3)
     x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
     return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
@@ -268,18 +275,16 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     float            unscale = q_unscale, bias = 0.0f;
     const QuantCodes qc(s.kind == kQ4, g);
     if constexpr (kQuant) {
-        float kmax = 0.0f;
-#pragma unroll 1
-        for (int kp = 0; kp < kG; ++kp) {
-            float ks[8];
-            load_halves<8>(kblock + 2 * (32 * kp + 8 * t), ks);
+        __half2 kmax2 = __float2half2_rn(0.0f);
 #pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                kmax = fmaxf(kmax, fabsf(ks[i]));
-            }
+        for (int kp = 0; kp < kG; ++kp) {
+            const uint4 w4 = *reinterpret_cast<const uint4 *>(kblock + 2 * (32 * kp + 8 * t));
+            kmax2          = __hmax2(kmax2, __hmax2(__hmax2(__habs2(bits_h2(w4.x)), __habs2(bits_h2(w4.y))),
+                                                    __hmax2(__habs2(bits_h2(w4.z)), __habs2(bits_h2(w4.w)))));
         }
-        const int   eb = scale_exp(row_max4(kmax), 13);  // |q * scale| < 2 * 2^14 (q is scaled to [1, 2))
-        const float sb = exp2i(eb);
+        const float kmax = fmaxf(__low2float(kmax2), __high2float(kmax2));
+        const int   eb   = scale_exp(row_max4(kmax), 13);  // |q * scale| < 2 * 2^14 (q is scaled to [1, 2))
+        const float sb   = exp2i(eb);
         unscale *= exp2i(-eb);
         const uint8_t * codes = kblock + 4 * D + qc.at;
 #pragma unroll 1
@@ -348,13 +353,13 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     if (m_new == -INFINITY) {  // nothing seen yet by any row (the rows share the tokens and their visibility)
         return;
     }
-    const float corr = w.m == -INFINITY ? 0.0f : exp2f(w.m - m_new);
+    const float corr = w.m == -INFINITY ? 0.0f : fast_exp2(w.m - m_new);
     float       pr[4][2], psum = 0.0f;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-            pr[j][e] = vis[j][e] ? exp2f(sc[j][e] - m_new) : 0.0f;
+            pr[j][e] = vis[j][e] ? fast_exp2(sc[j][e] - m_new) : 0.0f;
             psum += pr[j][e];
         }
     }
@@ -371,7 +376,10 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
         vm.load(vblock, 2 * D, t);
         ev = scale_exp(row_max4(vs.abs_max()), 13);  // |p * scale| < 2^14
     }
-    const float f = corr * exp2i(ev - w.e);
+    // o holds 2^e times the output: e only ever decreases (p * scale * 2^e stays below 2^14), so that o is rescaled
+    // only when a row's max or e changes, not on every unit
+    const int   e_new = corr == 0.0f ? ev : min(ev, w.e);
+    const float f     = corr == 0.0f ? 0.0f : corr * exp2i(max(e_new - w.e, -126));
     if (f != 1.0f) {
 #pragma unroll
         for (int gi = 0; gi < kG; ++gi) {
@@ -384,8 +392,16 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             }
         }
     }
-    w.e                 = ev;
-    const float     sev = exp2i(ev);
+    w.e             = e_new;
+    const float sev = exp2i(e_new);
+    float       prs[4][2];  // p * 2^e
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            prs[j][e] = pr[j][e] * sev;
+        }
+    }
     const F16Layout vl(p, s, true, D);
 #pragma unroll
     for (int gi = 0; gi < kG; ++gi) {
@@ -396,7 +412,7 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             for (int j = 0; j < 4; ++j) {
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    pv[j][e] = pr[j][e] * (vs.at(j, e, gi) * sev);
+                    pv[j][e] = prs[j][e] * vs.at(j, e, gi);
                     mins     = fmaf(pr[j][e], vm.at(j, e, gi), mins);
                 }
             }
@@ -406,7 +422,7 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             for (int j = 0; j < 4; ++j) {
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    pv[j][e] = pr[j][e] * sev;
+                    pv[j][e] = prs[j][e];
                 }
             }
         }
@@ -422,8 +438,10 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
                     const uint8_t * codes = vblock + 4 * D + gi * qc.row + qc.at;
                     qc.frags(ld_u16(codes + ta * kG * qc.row), ld_u16(codes + tb * kG * qc.row), b[half]);
                 } else {
-                    // each channel a 2-byte load under the V channel stride: one compact code path for any layout
-                    uint32_t wd[2][2];  // [token a, b][channels 2n, 2n+1 | 2n+16, 2n+17]
+                    // channel pairs as 4-byte loads (F16 regions, tails with contiguous channels) or two 2-byte loads
+                    // under the tail's channel stride
+                    const bool v32 = !tail || p.tail_v_vec;
+                    uint32_t   wd[2][2];  // [token a, b][channels 2n, 2n+1 | 2n+16, 2n+17]
 #pragma unroll
                     for (int r = 0; r < 2; ++r) {
                         const int       tok = unit * kUnit + (r == 0 ? ta : tb);
@@ -431,7 +449,9 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
 #pragma unroll
                         for (int x = 0; x < 2; ++x) {
                             const uint8_t * at = row + v_channel(gi, 2 * x, g) * vl.nb_channel;
-                            wd[r][x]           = tok < s.n_tokens ? ld_u16(at) | ld_u16(at + vl.nb_channel) << 16 : 0;
+                            wd[r][x]           = tok >= s.n_tokens ? 0 :
+                                                 v32               ? *reinterpret_cast<const uint32_t *>(at) :
+                                                                     ld_u16(at) | ld_u16(at + vl.nb_channel) << 16;
                         }
                     }
 #pragma unroll
