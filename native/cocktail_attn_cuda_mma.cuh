@@ -207,8 +207,8 @@ template <int D> struct MmaWarp {
 struct F16Layout {
     size_t nb_token, nb_head, nb_channel;
 
-    __device__ __forceinline__ F16Layout(const Params & p, const Segment & s, bool v, int D) {
-        if (s.kind != kTail) {
+    __device__ __forceinline__ F16Layout(const Params & p, const Segment & s, bool tail, bool v, int D) {
+        if (!tail) {
             nb_token = 2 * D, nb_head = static_cast<size_t>(s.n_tokens) * 2 * D, nb_channel = 2;
         } else {
             nb_token   = v ? p.tv_nb_token : p.tk_nb_token;
@@ -228,10 +228,10 @@ __device__ __noinline__ uint4 tail_k_slice(const uint8_t * row) {
 }
 
 // One 32-token unit of segment s for this warp's rows: scores, online softmax (in log2 units: exp2), O += P V.
-// kQuant: a Q4 or Q2 unit, its K and V blocks read from kblock / vblock (the warp's shared-memory copies); otherwise
-// an F16 region's or the tail's unit, from global memory (the tail's strides and mask). Loops that index no
+// kind kQ4: a Q4 or Q2 unit (s.kind says which), its K and V blocks read from kblock / vblock (the warp's
+// shared-memory copies); kF16: an F16 region's unit; kTail: the tail's (its strides and mask). Loops that index no
 // register array stay rolled: the kernel's code has to fit the instruction cache.
-template <int D, bool kQuant>
+template <int D, int kind>
 __device__ __forceinline__ void mma_unit(const Params &  p,
                                          const Segment & s,
                                          int             qi,
@@ -243,9 +243,9 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
                                          const uint8_t * kblock,
                                          const uint8_t * vblock,
                                          MmaWarp<D> &    w) {
-    constexpr int kG = D / 32;
-    const int     g = lane >> 2, t = lane & 3;
-    const bool    tail = s.kind == kTail;
+    constexpr int  kG = D / 32;
+    const int      g = lane >> 2, t = lane & 3;
+    constexpr bool kQuant = kind == kQ4, tail = kind == kTail;
 
     // this lane's score tokens (columns 2t, 2t+1 of the four score tiles) and their mask (log2 units)
     bool  vis[4][2];
@@ -312,7 +312,7 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
         }
         bias = row_sum4(bias) * q_unscale;
     } else {
-        const F16Layout kl(p, s, false, D);
+        const F16Layout kl(p, s, tail, false, D);
 #pragma unroll 1
         for (int kp = 0; kp < kG; ++kp) {
             uint4 rows[4];  // channels 32 kp + 8 t .. + 7 of this lane's token in each score tile
@@ -402,7 +402,7 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             prs[j][e] = pr[j][e] * sev;
         }
     }
-    const F16Layout vl(p, s, true, D);
+    const F16Layout vl(p, s, tail, true, D);
 #pragma unroll
     for (int gi = 0; gi < kG; ++gi) {
         float pv[4][2];
@@ -578,10 +578,12 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
         cp_async_wait_all_but_newest();
         __syncwarp();
         if (quant(s.kind)) {
-            mma_unit<D, true>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, here, here + unit_block_bytes<D>(s.kind),
-                              w);
-        } else {  // F16 region or tail
-            mma_unit<D, false>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, nullptr, nullptr, w);
+            mma_unit<D, kQ4>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, here, here + unit_block_bytes<D>(s.kind),
+                             w);
+        } else if (s.kind == kF16) {
+            mma_unit<D, kF16>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, nullptr, nullptr, w);
+        } else {
+            mma_unit<D, kTail>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, nullptr, nullptr, w);
         }
         __syncwarp();  // every lane is done with this stage before the copy after next refills it
         cur ^= 1;
