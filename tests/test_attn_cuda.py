@@ -61,6 +61,22 @@ def test_cuda_matches_reference_and_cpu(case: cpu.Case) -> None:
 
 
 @needs_cuda
+@pytest.mark.parametrize("group", [2, 3, 5, 6, 12, 16])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_group_sizes(group: int, head_dim: int) -> None:
+    """Query heads per KV head outside the random cases' 1 / 4 / 8: the scalar kernel's 2 heads per block,
+    the tensor-core kernel's blocks of 8 heads with unused rows (5, 6) and several blocks per KV head (12,
+    16), and head_dim 256, which stays on the scalar kernel whatever the group."""
+    c = cpu.Case(head_dim, 2, group, 32, 700, "random", 9, 2, group % 2 == 1, False, 4.0, 2, seed=300 + group)
+    b = cpu._build(c)
+    regions = cpu._regions(b, c, None)
+    got = _cuda(b, c, regions)
+    assert np.isfinite(got).all(), "an output row was not written (poisoned NaN came back)"
+    want, tol = cpu._reference(b, c, regions)
+    assert np.max(np.abs(got - want), initial=0.0) <= tol
+
+
+@needs_cuda
 def test_many_regions_and_rows_that_see_nothing() -> None:
     c = cpu.Case(128, 2, 4, 32, 600, "random", 9, 3, False, False, 1.0, 2, seed=91)
     b = cpu._build(c)
