@@ -1,7 +1,8 @@
 // Mixed-region attention on CUDA: the same contract as the CPU op (native/README.md, cocktail_attn_args), as a
 // split-K decode kernel. One block = one (query token, KV head, group of its query heads, token split); its four
 // warps take 32-token units (one quantization block) in turn, dequantize K and V in registers, keep an online
-// softmax per query head and merge in shared memory; a second kernel merges the splits (log-sum-exp).
+// softmax per query head and merge in shared memory; a second kernel merges the splits (log-sum-exp). GQA groups of
+// 4+ query heads run the tensor-core kernel of cocktail_attn_cuda_mma.cuh instead (same plan, same merge).
 #include "cocktail_api.h"
 #include "cocktail_attn_cpu.h"
 #include "cocktail_attn_cuda_common.cuh"
@@ -560,8 +561,9 @@ int cuda_fail(cudaError_t err, const char * what) {
                 std::string("cocktail_attn_mixed_regions_cuda: ") + what + ": " + cudaGetErrorString(err));
 }
 
-// Query heads per block: the GQA group rounded up to a power of two, at most 4 and at most 512 / D (registers: 16
-// score and value accumulators per query head and lane; shared memory: the per-warp tables grow with GS * D).
+// Query heads per block of the scalar kernel: the GQA group rounded up to a power of two, at most 4 and at most
+// 512 / D (registers: 16 score and value accumulators per query head and lane; shared memory: the per-warp tables
+// grow with GS * D).
 constexpr int kMaxGs = 4;
 
 constexpr int max_group_size(int D) {
@@ -571,6 +573,7 @@ constexpr int max_group_size(int D) {
 // GQA groups of this size and more run on the tensor-core kernel (attn_partial_mma), where head_dim allows.
 constexpr int kMmaMinGroup = 4;
 
+// Query heads per block: kMmaRows selects the tensor-core kernel (partial_kernel), anything else the scalar one.
 int group_size(int group, int D) {
     if (group >= kMmaMinGroup && mma_head_dim(D)) {
         return kMmaRows;

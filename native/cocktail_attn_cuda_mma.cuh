@@ -21,9 +21,9 @@ namespace cocktail::cuda_impl {
 
 constexpr int kMmaRows = 8;  // query heads per block (A rows 0-7; 8-15 hold their remainders)
 
-// head_dim values the tensor-core kernel takes (its V accumulators, D / 2 floats per lane, bound the rest)
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
+// head_dim values the tensor-core kernel takes (its V accumulators, D / 2 floats per lane, bound the rest)
 __host__ __device__ constexpr bool mma_head_dim(int D) {
     return D == 32 || D == 64 || D == 128;
 }
@@ -258,7 +258,7 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             const int tok = unit * kUnit + tile_token(j, 2 * t + e);
             vis[j][e]     = tok < s.n_tokens;
             add[j][e]     = 0.0f;
-            if (!kQuant && tail && vis[j][e] && p.mask != nullptr) {
+            if (tail && vis[j][e] && p.mask != nullptr) {
                 const uint8_t * row = p.mask + qi * p.mask_nb_row;
                 add[j][e] = (p.mask_f16 ? h2f(row + 2 * tok) : reinterpret_cast<const float *>(row)[tok]) * kLog2e;
                 vis[j][e] = add[j][e] != -INFINITY;
@@ -266,7 +266,7 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             any = any || vis[j][e];
         }
     }
-    if (!kQuant && tail && !__any_sync(0xffffffffu, any)) {  // the cache's view is padded with masked cells
+    if (tail && !__any_sync(0xffffffffu, any)) {  // the cache's view is padded with masked cells
         return;
     }
 
@@ -495,13 +495,14 @@ __device__ __forceinline__ void stage_unit(const Segment & s, int h_kv, int unit
     const size_t   at    = (static_cast<size_t>(h_kv) * ((s.n_tokens + kUnit - 1) / kUnit) + unit) * bytes;
     const uint8_t *k = s.k + at, *v = s.v + at;
     for (int i = 16 * lane; i < bytes; i += 16 * 32) {
-        cp_async16(dst + (i), k + i);
-        cp_async16(dst + bytes + (i), v + i);
+        cp_async16(dst + i, k + i);
+        cp_async16(dst + bytes + i, v + i);
     }
 }
 
 template <int D> struct MmaShared {
-    alignas(16) float sqn[kMmaRows * kSqnRow<D>];  // [g][channel]: scaled query rows, each in [1, 2) times 2^-qexp[g]
+    alignas(16) float sqn[kMmaRows *
+                          kSqnRow<D>];  // [g][channel]: scaled query rows times 2^qexp[g] (largest |value| in [1, 2))
 
     union {
         // per warp, two stages of a quantized unit's K and V blocks: the next unit copies in while this one computes
