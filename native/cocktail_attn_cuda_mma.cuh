@@ -228,10 +228,12 @@ __device__ __noinline__ uint4 tail_k_slice(const uint8_t * row) {
 }
 
 // One 32-token unit of segment s for this warp's rows: scores, online softmax (in log2 units: exp2), O += P V.
-// kind kQ4: a Q4 or Q2 unit (s.kind says which), its K and V blocks read from kblock / vblock (the warp's
-// shared-memory copies); kF16: an F16 region's unit; kTail: the tail's (its strides and mask). Loops that index no
+// kQuantUnit: a Q4 or Q2 unit (s.kind says which), its K and V blocks read from kblock / vblock (the warp's
+// shared-memory copies); kF16Unit: an F16 region's unit; kTailUnit: the tail's (its strides and mask). Loops that index no
 // register array stay rolled: the kernel's code has to fit the instruction cache.
-template <int D, int kind>
+enum MmaUnit { kQuantUnit, kF16Unit, kTailUnit };
+
+template <int D, MmaUnit kind>
 __device__ __forceinline__ void mma_unit(const Params &  p,
                                          const Segment & s,
                                          int             qi,
@@ -245,7 +247,7 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
                                          MmaWarp<D> &    w) {
     constexpr int  kG = D / 32;
     const int      g = lane >> 2, t = lane & 3;
-    constexpr bool kQuant = kind == kQ4, tail = kind == kTail;
+    constexpr bool kQuant = kind == kQuantUnit, tail = kind == kTailUnit;
 
     // this lane's score tokens (columns 2t, 2t+1 of the four score tiles) and their mask (log2 units)
     bool  vis[4][2];
@@ -579,12 +581,12 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
         cp_async_wait_all_but_newest();
         __syncwarp();
         if (quant(s.kind)) {
-            mma_unit<D, kQ4>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, here, here + unit_block_bytes<D>(s.kind),
-                             w);
+            mma_unit<D, kQuantUnit>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, here,
+                                    here + unit_block_bytes<D>(s.kind), w);
         } else if (s.kind == kF16) {
-            mma_unit<D, kF16>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, nullptr, nullptr, w);
+            mma_unit<D, kF16Unit>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, nullptr, nullptr, w);
         } else {
-            mma_unit<D, kTail>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, nullptr, nullptr, w);
+            mma_unit<D, kTailUnit>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, nullptr, nullptr, w);
         }
         __syncwarp();  // every lane is done with this stage before the copy after next refills it
         cur ^= 1;
