@@ -618,8 +618,17 @@ const void * partial_kernel(int D, int gs) {
     }
 }
 
+// Dynamic shared memory of the partial kernel (D, gs): the tensor-core kernel's tables, none for the scalar one.
+size_t partial_smem(int D, int gs) {
+    if (gs != kMmaRows || !mma_head_dim(D)) {
+        return 0;
+    }
+    return D == 32 ? sizeof(MmaShared<32>) : D == 64 ? sizeof(MmaShared<64>) : sizeof(MmaShared<128>);
+}
+
 // Blocks of the partial kernel (D, gs) the whole current device holds at once (SMs x blocks per SM), cached per
-// device: the launch plan asks for it on every call.
+// device: the launch plan asks for it on every call, before every launch, so the first call on a device also
+// raises the kernel's dynamic shared-memory limit there.
 int resident_blocks(int D, int gs) {
     constexpr int           kMaxDevices = 16;
     static std::atomic<int> cache[kMaxDevices][4][kMmaRows + 1];
@@ -631,9 +640,14 @@ int resident_blocks(int D, int gs) {
     }
     int n = cache[dev][di][gs].load(std::memory_order_relaxed);
     if (n == 0) {
-        int n_sm = 0, per_sm = 0;
+        int          n_sm = 0, per_sm = 0;
+        const size_t smem = partial_smem(D, gs);
         cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev);
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, partial_kernel(D, gs), kWarps * 32, 0);
+        if (smem > 0) {
+            cudaFuncSetAttribute(partial_kernel(D, gs), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(smem));
+        }
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, partial_kernel(D, gs), kWarps * 32, smem);
         n = std::max(1, n_sm * per_sm);
         cache[dev][di][gs].store(n, std::memory_order_relaxed);
     }
@@ -678,7 +692,7 @@ int run(int D, Params & p, cudaStream_t stream, int max_splits) {
     const int  gs = plan_launch(p, D, max_splits);
     const dim3 grid(p.n_head_kv * p.n_gblocks, p.n_splits, p.n_q);
     void *     args[] = { &p };
-    cudaLaunchKernel(partial_kernel(D, gs), grid, dim3(kWarps * 32), args, 0, stream);
+    cudaLaunchKernel(partial_kernel(D, gs), grid, dim3(kWarps * 32), args, partial_smem(D, gs), stream);
     if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
         return cuda_fail(err, "attn_partial launch");
     }

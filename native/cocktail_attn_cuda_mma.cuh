@@ -122,18 +122,24 @@ __device__ __forceinline__ int v_channel(int gi, int x, int n) {
 // Floats per row of the shared query table: 4 more than D so that rows g and g + 1 fall on other banks.
 template <int D> constexpr int kSqnRow = D + 4;
 
+// A fragments (split_frag) of the query rows as they are, one per 4 channels (a k-step's 2t, 2t+1, 2t+8, 2t+9 for
+// the lane that reads them), per row 1 more than D / 4 so that a warp's 32 reads take the minimum 4 wavefronts.
+template <int D> constexpr int kSqaRow = D / 4 + 1;
+
+// Bytes per K channel / V token group of a staged unit: Q4 rows as they are, Q2 rows (8 bytes) padded to 16, so that
+// every code address is a base plus a constant.
+constexpr int kCodeRow = 16;
+
 // How lane column n reads Q4 / Q2 codes (native/README.md): a K channel's codes (32 tokens) and a V token's group
 // (32 channels) are packed alike, so the 2-byte load at byte `at` of one holds elements 2n, 2n+1 (its bytes 0, 1, at
 // bit lo) and 2n+16, 2n+17 (at bit lo + 4). Q4: 16 bytes per channel / group, at 2n, 4-bit fields at bit 0 and 4;
 // Q2: 8 bytes, element e at byte e % 8, bit 2 (e / 8): at 2 (n % 4), 2-bit fields at bit 2 (n / 4) and 4 above.
 struct QuantCodes {
-    int      row;  // bytes per K channel / V token group
     int      at;
     uint32_t m_lo, m_hi;
     CodeFix  f_lo, f_hi;
 
     __device__ __forceinline__ QuantCodes(bool q4, int n) :
-        row(q4 ? 16 : 8),
         at(q4 ? 2 * n : 2 * (n & 3)),
         m_lo(q4 ? 0x000F000Fu : 0x00030003u << (2 * (n >> 2))),
         m_hi(q4 ? 0x00F000F0u : 0x00300030u << (2 * (n >> 2))),
@@ -197,7 +203,7 @@ template <int D> struct VRow {
 
 template <int D> struct MmaWarp {
     float o[D / 32][4][4];  // [V group][tile][c0..c3]: rows g and g + 8 (remainders) of this lane's columns
-    float vmin[D / 32];     // sum of p * V min over this lane's tokens, per group (added at the end)
+    float vmin[4];          // sum of p * V min per group (C of P times the min table: groups 2t, 2t+1)
     float m;                // running max of row g in log2 units (the same in its four lanes)
     float l;                // this lane's share of row g's sum
     int   e;                // o holds 2^e times the output
@@ -229,8 +235,9 @@ __device__ __noinline__ uint4 tail_k_slice(const uint8_t * row) {
 
 // One 32-token unit of segment s for this warp's rows: scores, online softmax (in log2 units: exp2), O += P V.
 // kQuantUnit: a Q4 or Q2 unit (s.kind says which), its K and V blocks read from kblock / vblock (the warp's
-// shared-memory copies); kF16Unit: an F16 region's unit; kTailUnit: the tail's (its strides and mask). Loops that index no
-// register array stay rolled: the kernel's code has to fit the instruction cache.
+// shared-memory copies); kF16Unit: an F16 region's unit; kTailUnit: the tail's (its strides and mask). The quantized
+// K loop stays rolled (the kernel's code has to fit the instruction cache; unrolled by 2 it was no faster); the
+// F16 / tail K loop is unrolled, so that its global loads are all in flight at once (all-F16 6 % faster).
 enum MmaUnit { kQuantUnit, kF16Unit, kTailUnit };
 
 template <int D, MmaUnit kind>
@@ -241,6 +248,7 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
                                          int             unit,
                                          int             lane,
                                          const float *   sqn,
+                                         const uint4 *   sqa,
                                          float           q_unscale,
                                          const uint8_t * kblock,
                                          const uint8_t * vblock,
@@ -272,7 +280,8 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
         return;
     }
 
-    // S = Q K^T: quantized K as q * scale (A) times codes (B) plus q . min
+    // S = Q K^T: quantized K as q * scale (A) times codes (B) plus q . min (the min row as B in every column, q
+    // from the split table: C rows g and g + 8 hold the bias of row g, no shuffle)
     float            sacc[4][4] = {};
     float            unscale = q_unscale, bias = 0.0f;
     const QuantCodes qc(s.kind == kQ4, g);
@@ -288,34 +297,36 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
         const int   eb   = scale_exp(row_max4(kmax), 13);  // |q * scale| < 2 * 2^14 (q is scaled to [1, 2))
         const float sb   = exp2i(eb);
         unscale *= exp2i(-eb);
-        const uint8_t * codes = kblock + 4 * D + qc.at;
+        const uint8_t * codes   = kblock + 4 * D + qc.at;
+        float           bacc[4] = {};
 #pragma unroll 1
         for (int kp = 0; kp < kG; ++kp) {
-            float ks[8], km[8];
+            float ks[8];
             load_halves<8>(kblock + 2 * (32 * kp + 8 * t), ks);
-            load_halves<8>(kblock + 2 * D + 2 * (32 * kp + 8 * t), km);
+            const uint4 km = *reinterpret_cast<const uint4 *>(kblock + 2 * D + 2 * (32 * kp + 8 * t));
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int    c0 = kstep_channel(2 * kp + h, t);
                 const float4 q  = *reinterpret_cast<const float4 *>(sqn + g * kSqnRow<D> + c0);
-                bias = fmaf(q.x, km[4 * h],
-                            fmaf(q.y, km[4 * h + 1], fmaf(q.z, km[4 * h + 2], fmaf(q.w, km[4 * h + 3], bias))));
-                uint32_t a[4];
+                uint32_t     a[4];
                 split_frag(q.x * (ks[4 * h] * sb), q.y * (ks[4 * h + 1] * sb), q.z * (ks[4 * h + 2] * sb),
                            q.w * (ks[4 * h + 3] * sb), a);
                 uint32_t b0[4], b1[4];  // channels c0, c0+1 and c0+2, c0+3; this lane's token of each tile
-                qc.frags(ld_u16(codes + c0 * qc.row), ld_u16(codes + (c0 + 1) * qc.row), b0);
-                qc.frags(ld_u16(codes + (c0 + 2) * qc.row), ld_u16(codes + (c0 + 3) * qc.row), b1);
+                qc.frags(ld_u16(codes + c0 * kCodeRow), ld_u16(codes + (c0 + 1) * kCodeRow), b0);
+                qc.frags(ld_u16(codes + (c0 + 2) * kCodeRow), ld_u16(codes + (c0 + 3) * kCodeRow), b1);
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     mma_16816(sacc[j], a, b0[j], b1[j]);
                 }
+                const uint4    qa    = sqa[g * kSqaRow<D> + c0 / 4];
+                const uint32_t aq[4] = { qa.x, qa.y, qa.z, qa.w };
+                mma_16816(bacc, aq, h == 0 ? km.x : km.z, h == 0 ? km.y : km.w);
             }
         }
-        bias = row_sum4(bias) * q_unscale;
+        bias = (bacc[0] + bacc[2]) * q_unscale;
     } else {
         const F16Layout kl(p, s, tail, false, D);
-#pragma unroll 1
+#pragma unroll
         for (int kp = 0; kp < kG; ++kp) {
             uint4 rows[4];  // channels 32 kp + 8 t .. + 7 of this lane's token in each score tile
 #pragma unroll
@@ -371,18 +382,21 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     // O += P V: quantized V as p * scale (A, per group) times codes (B) plus sum(p * min) per group; F16 V as p (A)
     // times its values. A's k-steps are the score tiles as they are: k 2t, 2t+1 of k-step ks = tile 2ks's columns
     // 2t, 2t+1, k 2t+8, 2t+9 = tile 2ks + 1's, so B row k holds the matching token.
-    VRow<D> vs, vm;
+    VRow<D> vs;
     int     ev = 14;  // F16: p * 2^14 <= 2^14
     if constexpr (kQuant) {
         vs.load(vblock, 0, t);
-        vm.load(vblock, 2 * D, t);
         ev = scale_exp(row_max4(vs.abs_max()), 13);  // |p * scale| < 2^14
     }
     // o holds 2^e times the output: e only ever decreases (p * scale * 2^e stays below 2^14), so that o is rescaled
     // only when a row's max or e changes, not on every unit
     const int   e_new = corr == 0.0f ? ev : min(ev, w.e);
     const float f     = corr == 0.0f ? 0.0f : corr * exp2i(max(e_new - w.e, -126));
-    if (f != 1.0f) {
+    if (f != 1.0f) {  // (f is 1 only where corr is)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            w.vmin[i] *= corr;
+        }
 #pragma unroll
         for (int gi = 0; gi < kG; ++gi) {
 #pragma unroll
@@ -404,21 +418,31 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             prs[j][e] = pr[j][e] * sev;
         }
     }
+    if constexpr (kQuant) {
+        // sum(p * min) per group: P (A, k-steps as below; p <= 1, unscaled: 2^e can exceed fp16's range) times the
+        // min table (B: token x group, column g = group g; lanes past the last group read group g % kG, their
+        // columns are not used)
+        const uint8_t * mins = vblock + 2 * D + 2 * (4 * t * kG + (g & (kG - 1)));
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) {
+            uint32_t a[4];
+            split_frag(pr[2 * ks][0], pr[2 * ks][1], pr[2 * ks + 1][0], pr[2 * ks + 1][1], a);
+            const uint8_t * m = mins + 2 * 16 * ks * kG;  // tokens 16 ks + 4t + {0, 2} (b0), {1, 3} (b1)
+            mma_16816(w.vmin, a, ld_u16(m) | ld_u16(m + 4 * kG) << 16, ld_u16(m + 2 * kG) | ld_u16(m + 6 * kG) << 16);
+        }
+    }
     const F16Layout vl(p, s, tail, true, D);
 #pragma unroll
     for (int gi = 0; gi < kG; ++gi) {
         float pv[4][2];
         if constexpr (kQuant) {
-            float mins = 0.0f;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     pv[j][e] = prs[j][e] * vs.at(j, e, gi);
-                    mins     = fmaf(pr[j][e], vm.at(j, e, gi), mins);
                 }
             }
-            w.vmin[gi] = fmaf(w.vmin[gi], corr, mins);
         } else {
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
@@ -437,8 +461,8 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             for (int half = 0; half < 2; ++half) {
                 const int ta = tile_token(2 * ks + half, 2 * t), tb = tile_token(2 * ks + half, 2 * t + 1);
                 if constexpr (kQuant) {
-                    const uint8_t * codes = vblock + 4 * D + gi * qc.row + qc.at;
-                    qc.frags(ld_u16(codes + ta * kG * qc.row), ld_u16(codes + tb * kG * qc.row), b[half]);
+                    const uint8_t * codes = vblock + 4 * D + gi * kCodeRow + qc.at;
+                    qc.frags(ld_u16(codes + ta * kG * kCodeRow), ld_u16(codes + tb * kG * kCodeRow), b[half]);
                 } else {
                     // channel pairs as 4-byte loads (F16 regions, tails with contiguous channels) or two 2-byte loads
                     // under the tail's channel stride
@@ -471,10 +495,15 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     }
 }
 
-// Asynchronous 16-byte copy global -> shared (cp.async, L1 bypassed), its group commit and wait.
-__device__ __forceinline__ void cp_async16(void * dst, const void * src) {
+// Asynchronous copy of 16 (L1 bypassed) or 8 bytes global -> shared (cp.async), its group commit and wait.
+template <int bytes> __device__ __forceinline__ void cp_async(void * dst, const void * src) {
+    static_assert(bytes == 16 || bytes == 8, "cp.async: 16 or 8 bytes");
     const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
+    if constexpr (bytes == 16) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
+    } else {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(s), "l"(src) : "memory");
+    }
 }
 
 __device__ __forceinline__ void cp_async_commit() {
@@ -485,20 +514,35 @@ __device__ __forceinline__ void cp_async_wait_all_but_newest() {
     asm volatile("cp.async.wait_group 1;" ::: "memory");
 }
 
-// Bytes of a quantized unit's K block (its V block is as long).
-template <int D> __device__ __forceinline__ int unit_block_bytes(int kind) {
-    return kind == kQ4 ? static_cast<int>(block_bytes<D, kQ4>()) : static_cast<int>(block_bytes<D, kQ2>());
+// Bytes of one staged K (or V) block: a Q4 block's size, whatever the kind (Q2 code rows padded to kCodeRow).
+template <int D> constexpr int kStagedBlock = static_cast<int>(block_bytes<D, kQ4>());
+
+// The warp's copies of n chunks of `chunk` bytes of a K and a V block: chunk c from byte c * from of k (v) to byte
+// c * to of dst (dst + kStagedBlock), unrolled so that every copy is one instruction with constant offsets.
+template <int D, int n, int chunk, int from, int to>
+__device__ __forceinline__ void stage_chunks(const uint8_t * k, const uint8_t * v, int lane, uint8_t * dst) {
+#pragma unroll
+    for (int i = 0; i < (n + 31) / 32; ++i) {
+        const int c = lane + 32 * i;
+        if (n % 32 == 0 || c < n) {
+            cp_async<chunk>(dst + c * to, k + c * from);
+            cp_async<chunk>(dst + kStagedBlock<D> + c * to, v + c * from);
+        }
+    }
 }
 
-// Starts the warp's copy of a quantized unit's K and V blocks to dst (K block, then V block).
+// Starts the warp's copy of a quantized unit's K and V blocks to dst (K block, then V block at kStagedBlock): the
+// scale and min tables (4 D bytes) as they are, then D code rows of 16 (Q4) or 8 (Q2) bytes, each at 16 bytes.
 template <int D>
 __device__ __forceinline__ void stage_unit(const Segment & s, int h_kv, int unit, int lane, uint8_t * dst) {
-    const int      bytes = unit_block_bytes<D>(s.kind);
-    const size_t   at    = (static_cast<size_t>(h_kv) * ((s.n_tokens + kUnit - 1) / kUnit) + unit) * bytes;
-    const uint8_t *k = s.k + at, *v = s.v + at;
-    for (int i = 16 * lane; i < bytes; i += 16 * 32) {
-        cp_async16(dst + i, k + i);
-        cp_async16(dst + bytes + i, v + i);
+    const size_t blocks = static_cast<size_t>(h_kv) * ((s.n_tokens + kUnit - 1) / kUnit) + unit;
+    if (s.kind == kQ4) {
+        const size_t at = blocks * block_bytes<D, kQ4>();
+        stage_chunks<D, kStagedBlock<D> / 16, 16, 16, 16>(s.k + at, s.v + at, lane, dst);
+    } else {
+        const size_t at = blocks * block_bytes<D, kQ2>();
+        stage_chunks<D, 4 * D / 16, 16, 16, 16>(s.k + at, s.v + at, lane, dst);
+        stage_chunks<D, D, 8, 8, kCodeRow>(s.k + at + 4 * D, s.v + at + 4 * D, lane, dst + 4 * D);
     }
 }
 
@@ -508,17 +552,21 @@ template <int D> struct MmaShared {
 
     union {
         // per warp, two stages of a quantized unit's K and V blocks: the next unit copies in while this one computes
-        alignas(16) uint8_t stage[kWarps][2][2 * block_bytes<D, kQ4>()];
+        alignas(16) uint8_t stage[kWarps][2][2 * kStagedBlock<D>];
         float acc[kWarps][kMmaRows * D];  // at the end: the warps' unnormalized outputs
     };
 
+    uint4 sqa[kMmaRows * kSqaRow<D>];  // the same rows as A fragments (split_frag of 4 channels)
     float m[kWarps][kMmaRows], l[kWarps][kMmaRows];
     int   qexp[kMmaRows];
 };
 
+// Dynamic shared memory (sizeof(MmaShared<D>), over the 48 KiB of static shared memory for D = 128): the launch
+// raises the kernel's limit first (cocktail_attn_cuda.cu, resident_blocks).
 template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_mma(const Params p) {
     static_assert(D == 32 || D == 64 || D == 128, "tensor-core kernel: head_dim 32, 64 or 128");
-    __shared__ MmaShared<D> sh;
+    extern __shared__ uint4 mma_smem[];
+    MmaShared<D> &          sh = *reinterpret_cast<MmaShared<D> *>(mma_smem);
 
     const int qi = blockIdx.z, split = blockIdx.y;
     const int h_kv = blockIdx.x / p.n_gblocks, gb = blockIdx.x % p.n_gblocks;
@@ -547,12 +595,19 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
         }
     }
     __syncthreads();
+    for (int i = threadIdx.x; i < kMmaRows * D / 4; i += blockDim.x) {
+        const int    r = i / (D / 4), c4 = i % (D / 4);
+        const float4 x = *reinterpret_cast<const float4 *>(sh.sqn + r * kSqnRow<D> + 4 * c4);
+        uint32_t     a[4];
+        split_frag(x.x, x.y, x.z, x.w, a);
+        sh.sqa[r * kSqaRow<D> + c4] = make_uint4(a[0], a[1], a[2], a[3]);
+    }
+    __syncthreads();
     const float q_unscale = exp2i(-sh.qexp[g]);
 
     MmaWarp<D> w;
 #pragma unroll
     for (int gi = 0; gi < D / 32; ++gi) {
-        w.vmin[gi] = 0.0f;
 #pragma unroll
         for (int x = 0; x < 4; ++x) {
 #pragma unroll
@@ -560,6 +615,10 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
                 w.o[gi][x][i] = 0.0f;
             }
         }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        w.vmin[i] = 0.0f;
     }
     w.m = -INFINITY, w.l = 0.0f, w.e = 0;
     int  cur    = 0;      // the stage that holds (or gets) the current unit
@@ -581,12 +640,12 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
         cp_async_wait_all_but_newest();
         __syncwarp();
         if (quant(s.kind)) {
-            mma_unit<D, kQuantUnit>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, here,
-                                    here + unit_block_bytes<D>(s.kind), w);
+            mma_unit<D, kQuantUnit>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, here, here + kStagedBlock<D>,
+                                    w);
         } else if (s.kind == kF16) {
-            mma_unit<D, kF16Unit>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, nullptr, nullptr, w);
+            mma_unit<D, kF16Unit>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, nullptr, nullptr, w);
         } else {
-            mma_unit<D, kTailUnit>(p, s, qi, h_kv, unit, lane, sh.sqn, q_unscale, nullptr, nullptr, w);
+            mma_unit<D, kTailUnit>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, nullptr, nullptr, w);
         }
         __syncwarp();  // every lane is done with this stage before the copy after next refills it
         cur ^= 1;
@@ -600,9 +659,10 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
     }
     const float unscale = exp2i(-w.e);
     __syncthreads();  // the output table overlays the other warps' stages
+    const float vmin[2] = { w.vmin[0] + w.vmin[2], w.vmin[1] + w.vmin[3] };  // row g, groups 2t and 2t + 1
 #pragma unroll
     for (int gi = 0; gi < D / 32; ++gi) {
-        const float mins = row_sum4(w.vmin[gi]);
+        const float mins = __shfl_sync(0xffffffffu, vmin[gi & 1], (lane & ~3) | (gi >> 1));
 #pragma unroll
         for (int x = 0; x < 4; ++x) {
 #pragma unroll
