@@ -80,10 +80,10 @@ def test_group_sizes(group: int, head_dim: int) -> None:
 @pytest.mark.parametrize("group", [1, 4])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_many_units_per_warp_with_later_maxima(group: int, head_dim: int) -> None:
-    """8 query tokens x 8 KV heads leave ~6 splits, so each warp runs ~8 units of 32 tokens in a row (the random
-    cases give most warps one). The F16 chunks and the tail, which come after the Q2 / Q4 regions, get K scaled
-    up so that they raise the running max late: the rescaling of everything accumulated before them (O, the sum
-    and the V-min sums of the quantized units) is what this checks."""
+    """8 query tokens x 8 KV heads leave ~6 splits, so each warp runs ~8 units of 32 tokens in a row (the
+    random cases give most warps one). The F16 chunks and the tail, which come after the Q2 / Q4 regions, get
+    K scaled up so that they raise the running max late: the rescaling of everything accumulated before them
+    (O, the sum and the V-min sums of the quantized units) is what this checks."""
     c = cpu.Case(head_dim, 8, group, 32, 6000, "random", 33, 8, False, False, 1.0, 2, seed=77 + group)
     b = cpu._build(c)
     late = np.concatenate([*b.chunks["f16"], np.arange(c.n_ctx, c.n_ctx + c.n_tail)])
