@@ -108,7 +108,8 @@ template <int D, int GS> struct WarpState {
     float macc[GS];    // sum of p * V min of this lane's group (added to the 8 channels at the end)
 };
 
-// Score of token `lane` of the unit against the GS query rows (before the mask).
+// Score of token `lane` of the unit against the GS query rows (before the mask). kblock: a Q4 / Q2 unit's K block
+// (global memory, or the warp's shared-memory copy).
 template <int D, int GS, int kind>
 __device__ __forceinline__ void unit_scores(const Params &  p,
                                             const Segment & s,
@@ -117,6 +118,7 @@ __device__ __forceinline__ void unit_scores(const Params &  p,
                                             int             lane,
                                             const float *   sq,
                                             float *         qs_tab,
+                                            const uint8_t * kblock,
                                             float (&score)[GS]) {
     const int G = lane >> 3, r = lane & 7;
     float     acc[GS][8];
@@ -131,10 +133,9 @@ __device__ __forceinline__ void unit_scores(const Params &  p,
         // q.k = sum_d (q_d * scale_d) * code_d + sum_d q_d * min_d: scales folded into the query once per unit. With
         // codes read as 1 + code / M (one_plus_code), q_d * scale_d * M weighs them and the bias takes
         // sum_d q_d * scale_d * M off again: q.k = sum_d (q_d * scale_d * M) * (1 + code_d / M) + q_d * (min_d - M scale_d)
-        constexpr int   kCpl     = D / 32;  // channels per lane in the fold
-        constexpr int   kBytes   = kind == kQ4 ? 16 : 8;
-        const int       n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
-        const uint8_t * base     = s.k + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>();
+        constexpr int   kCpl   = D / 32;  // channels per lane in the fold
+        constexpr int   kBytes = kind == kQ4 ? 16 : 8;
+        const uint8_t * base   = kblock;
         float           sc[kCpl], mn[kCpl], bias[GS];
 #pragma unroll
         for (int i = 0; i < kCpl; ++i) {  // channels lane + 32 i: coalesced loads, conflict-free table writes
@@ -237,6 +238,46 @@ __device__ __forceinline__ void unit_scores(const Params &  p,
     }
 }
 
+// Bytes of one stage of the scalar kernel: a Q4 / Q2 unit's K block (a Q4 block's size at most), then its V block's
+// scale and min tables (4 D bytes); the V codes are loaded into registers at the start of the unit instead.
+template <int D> constexpr int kScalarStage = static_cast<int>(block_bytes<D, kQ4>()) + 4 * D;
+
+// Whether the scalar kernel (D, GS) copies each warp's next quantized unit into shared memory while it computes the
+// current one: head_dim up to 128, where two stages per warp fit the 48 KiB of static shared memory with its tables.
+template <int D, int GS>
+constexpr bool kScalarStaged = D <= 128 && sizeof(Shared<D, GS>) + kWarps * 2 * kScalarStage<D> <= 48 * 1024;
+
+// The warp's asynchronous copy of `bytes` (a multiple of 16) from src to dst.
+template <int bytes> __device__ __forceinline__ void copy_async(uint8_t * dst, const uint8_t * src, int lane) {
+    constexpr int n = bytes / 16;
+#pragma unroll
+    for (int i = 0; i < (n + 31) / 32; ++i) {
+        const int c = lane + 32 * i;
+        if (n % 32 == 0 || c < n) {
+            cp_async<16>(dst + 16 * c, src + 16 * c);
+        }
+    }
+}
+
+// Starts the warp's copy of quantized unit `unit` of segment s (head h_kv) into a stage (kScalarStage bytes).
+template <int D, int kind>
+__device__ __forceinline__ void stage_scalar_kind(const Segment & s, int h_kv, int unit, int lane, uint8_t * dst) {
+    constexpr int bytes = static_cast<int>(block_bytes<D, kind>());
+    const size_t  at    = (static_cast<size_t>(h_kv) * ((s.n_tokens + kUnit - 1) / kUnit) + unit) * bytes;
+    copy_async<bytes>(dst, s.k + at, lane);
+    copy_async<4 * D>(dst + block_bytes<D, kQ4>(), s.v + at, lane);
+}
+
+template <int D>
+__device__ __forceinline__ void stage_scalar_unit(const Segment & s, int h_kv, int unit, int lane, uint8_t * dst) {
+    if (s.kind == kQ4) {
+        stage_scalar_kind<D, kQ4>(s, h_kv, unit, lane, dst);
+    } else {
+        stage_scalar_kind<D, kQ2>(s, h_kv, unit, lane, dst);
+    }
+}
+
+// stage: the unit's copy in shared memory (kScalarStage bytes) if the kernel stages (quantized units only), else null.
 template <int D, int GS, int kind>
 __device__ void unit_update(const Params &     p,
                             const Segment &    s,
@@ -248,6 +289,7 @@ __device__ void unit_update(const Params &     p,
                             const float *      sq,
                             float *            qs_tab,
                             float *            psm_tab,
+                            const uint8_t *    stage,
                             WarpState<D, GS> & w) {
     constexpr int  kGroups        = D / 32;
     constexpr bool kQuant         = kind == kQ4 || kind == kQ2;
@@ -269,10 +311,12 @@ __device__ void unit_update(const Params &     p,
             return;
         }
     }
-    const uint8_t * vbase =
-        kQuant ? s.v + (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>() : nullptr;
+    const size_t    block  = (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>();
+    const uint8_t * vbase  = kQuant ? s.v + block : nullptr;
+    const uint8_t * kblock = kQuant ? (kScalarStaged<D, GS> ? stage : s.k + block) : nullptr;
+    const uint8_t * vtab   = kQuant && kScalarStaged<D, GS> ? stage + block_bytes<D, kQ4>() : vbase;  // V scale, min
     // this lane's V code words of the unit, loaded before the scores so that both streams are in flight together
-    uint32_t vword[kQuant ? kSteps : 1];
+    uint32_t        vword[kQuant ? kSteps : 1];
     if constexpr (kQuant) {
 #pragma unroll
         for (int k = 0; k < kSteps; ++k) {
@@ -284,7 +328,7 @@ __device__ void unit_update(const Params &     p,
     }
     __syncwarp();  // the previous unit's reads of this warp's tables are done
     float score[GS];
-    unit_scores<D, GS, kind>(p, s, h_kv, unit, lane, sq, qs_tab, score);
+    unit_scores<D, GS, kind>(p, s, h_kv, unit, lane, sq, qs_tab, kblock, score);
     float prob[GS];
     bool  any = false;
 #pragma unroll
@@ -314,8 +358,8 @@ __device__ void unit_update(const Params &     p,
     {
         float vs[kGroups], vm[kGroups];
         if constexpr (kQuant) {
-            load_halves<kGroups>(vbase + 2 * lane * kGroups, vs);
-            load_halves<kGroups>(vbase + 2 * D + 2 * lane * kGroups, vm);
+            load_halves<kGroups>(vtab + 2 * lane * kGroups, vs);
+            load_halves<kGroups>(vtab + 2 * D + 2 * lane * kGroups, vm);
 #pragma unroll
             for (int gi = 0; gi < kGroups; ++gi) {
                 vs[gi] *= kCodeMul<kind>;
@@ -424,22 +468,34 @@ attn_partial(const Params p) {
             w.acc[g][i] = 0.0f;
         }
     }
-    float * qs_tab  = sh.t.qs[warp];
-    float * psm_tab = sh.t.psm[warp];
-    for_each_unit(p, qi, split, warp, [&](const Segment & s, int unit, int, int) {
+    float *    qs_tab  = sh.t.qs[warp];
+    float *    psm_tab = sh.t.psm[warp];
+    // each warp's two stages (kScalarStaged): the next quantized unit copies in while this one computes
+    __shared__ __align__(16) uint8_t stages[kScalarStaged<D, GS> ? kWarps * 2 * kScalarStage<D> : 16];
+    WarpStages                       ws(stages + 2 * warp * kScalarStage<D>, stages + (2 * warp + 1) * kScalarStage<D>);
+    for_each_unit(p, qi, split, warp, [&](const Segment & s, int unit, int next, int next_unit) {
+        uint8_t * here = nullptr;
+        if constexpr (kScalarStaged<D, GS>) {
+            here = ws.enter(p, s, unit, next, next_unit, [&](const Segment & seg, int u, uint8_t * dst) {
+                stage_scalar_unit<D>(seg, h_kv, u, lane, dst);
+            });
+        }
         switch (s.kind) {
             case kF16:
-                unit_update<D, GS, kF16>(p, s, qi, h_kv, unit, lane, n_g, sh.sq, qs_tab, psm_tab, w);
+                unit_update<D, GS, kF16>(p, s, qi, h_kv, unit, lane, n_g, sh.sq, qs_tab, psm_tab, nullptr, w);
                 break;
             case kQ4:
-                unit_update<D, GS, kQ4>(p, s, qi, h_kv, unit, lane, n_g, sh.sq, qs_tab, psm_tab, w);
+                unit_update<D, GS, kQ4>(p, s, qi, h_kv, unit, lane, n_g, sh.sq, qs_tab, psm_tab, here, w);
                 break;
             case kQ2:
-                unit_update<D, GS, kQ2>(p, s, qi, h_kv, unit, lane, n_g, sh.sq, qs_tab, psm_tab, w);
+                unit_update<D, GS, kQ2>(p, s, qi, h_kv, unit, lane, n_g, sh.sq, qs_tab, psm_tab, here, w);
                 break;
             default:
-                unit_update<D, GS, kTail>(p, s, qi, h_kv, unit, lane, n_g, sh.sq, qs_tab, psm_tab, w);
+                unit_update<D, GS, kTail>(p, s, qi, h_kv, unit, lane, n_g, sh.sq, qs_tab, psm_tab, nullptr, w);
                 break;
+        }
+        if constexpr (kScalarStaged<D, GS>) {
+            __syncwarp();  // every lane is done with this stage before the copy after next refills it
         }
     });
     // the lanes that own the same channels (other token slots) add up; the tables become the output buffer

@@ -87,6 +87,65 @@ template <int N> __device__ __forceinline__ void load_halves(const uint8_t * p, 
     }
 }
 
+// Asynchronous copy of 16 (L1 bypassed) or 8 bytes global -> shared (cp.async), its group commit and wait.
+template <int bytes> __device__ __forceinline__ void cp_async(void * dst, const void * src) {
+    static_assert(bytes == 16 || bytes == 8, "cp.async: 16 or 8 bytes");
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    if constexpr (bytes == 16) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
+    } else {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(s), "l"(src) : "memory");
+    }
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+__device__ __forceinline__ void cp_async_wait_all_but_newest() {
+    asm volatile("cp.async.wait_group 1;" ::: "memory");
+}
+
+__device__ __forceinline__ bool quantized(int kind) {
+    return kind == kQ4 || kind == kQ2;
+}
+
+// A warp's two shared-memory stages for quantized units (cp.async, double-buffered): enter(), before each unit,
+// waits for the unit's copy (started with the previous unit, or now) and starts the copy of the warp's next unit into
+// the other stage; it returns the unit's stage. copy(segment, unit, dst) issues one unit's copies. After the unit the
+// warp calls __syncwarp(), so that no lane still reads a stage when the copy after next refills it.
+struct WarpStages {
+    uint8_t * a;
+    uint8_t * b;
+    bool      in_b   = false;  // the current unit's stage is b
+    bool      staged = false;  // the current unit's copy was started with the previous unit
+
+    __device__ __forceinline__ WarpStages(uint8_t * a, uint8_t * b) : a(a), b(b) {}
+
+    template <class F>
+    __device__ __forceinline__ uint8_t * enter(const Params &  p,
+                                               const Segment & s,
+                                               int             unit,
+                                               int             next,
+                                               int             next_unit,
+                                               F &&            copy) {
+        uint8_t * here = in_b ? b : a;
+        if (quantized(s.kind) && !staged) {
+            copy(s, unit, here);
+            cp_async_commit();
+        }
+        staged = next >= 0 && quantized(p.seg[next].kind);
+        if (staged) {
+            copy(p.seg[next], next_unit, in_b ? a : b);
+        }
+        cp_async_commit();  // (maybe empty) the newest group: every older one, this unit's, is waited for
+        cp_async_wait_all_but_newest();
+        __syncwarp();
+        in_b = !in_b;
+        return here;
+    }
+};
+
 // Calls f(segment, unit, next, next_unit) for this warp's units of the block's split, skipping other sequences'
 // regions; next is the index in p.seg of the warp's following unit (-1 after the last one), next_unit its unit. Units
 // are dealt round-robin over the splits, then over the block's warps, so that every block gets its share of each

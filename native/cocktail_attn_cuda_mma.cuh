@@ -495,25 +495,6 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     }
 }
 
-// Asynchronous copy of 16 (L1 bypassed) or 8 bytes global -> shared (cp.async), its group commit and wait.
-template <int bytes> __device__ __forceinline__ void cp_async(void * dst, const void * src) {
-    static_assert(bytes == 16 || bytes == 8, "cp.async: 16 or 8 bytes");
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-    if constexpr (bytes == 16) {
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
-    } else {
-        asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(s), "l"(src) : "memory");
-    }
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;" ::: "memory");
-}
-
-__device__ __forceinline__ void cp_async_wait_all_but_newest() {
-    asm volatile("cp.async.wait_group 1;" ::: "memory");
-}
-
 // Bytes of one staged K (or V) block: a Q4 block's size, whatever the kind (Q2 code rows padded to kCodeRow).
 template <int D> constexpr int kStagedBlock = static_cast<int>(block_bytes<D, kQ4>());
 
@@ -621,25 +602,12 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
         w.vmin[i] = 0.0f;
     }
     w.m = -INFINITY, w.l = 0.0f, w.e = 0;
-    int  cur    = 0;      // the stage that holds (or gets) the current unit
-    bool staged = false;  // the current unit's copy was started with the previous unit
-    auto quant  = [](int kind) {
-        return kind == kQ4 || kind == kQ2;
-    };
+    WarpStages ws(sh.stage[warp][0], sh.stage[warp][1]);
     for_each_unit(p, qi, split, warp, [&](const Segment & s, int unit, int next, int next_unit) {
-        uint8_t * here = sh.stage[warp][cur];
-        if (quant(s.kind) && !staged) {
-            stage_unit<D>(s, h_kv, unit, lane, here);
-            cp_async_commit();
-        }
-        staged = next >= 0 && quant(p.seg[next].kind);
-        if (staged) {
-            stage_unit<D>(p.seg[next], h_kv, next_unit, lane, sh.stage[warp][cur ^ 1]);
-        }
-        cp_async_commit();  // (maybe empty) the newest group: every older one, this unit's, is waited for
-        cp_async_wait_all_but_newest();
-        __syncwarp();
-        if (quant(s.kind)) {
+        uint8_t * here = ws.enter(p, s, unit, next, next_unit, [&](const Segment & seg, int u, uint8_t * dst) {
+            stage_unit<D>(seg, h_kv, u, lane, dst);
+        });
+        if (quantized(s.kind)) {
             mma_unit<D, kQuantUnit>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, here, here + kStagedBlock<D>,
                                     w);
         } else if (s.kind == kF16) {
@@ -648,7 +616,6 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
             mma_unit<D, kTailUnit>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, nullptr, nullptr, w);
         }
         __syncwarp();  // every lane is done with this stage before the copy after next refills it
-        cur ^= 1;
     });
 
     // row sums over the row's four lanes; this lane's columns of row g (remainder rows added) into the table
