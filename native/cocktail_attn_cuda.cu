@@ -247,25 +247,13 @@ template <int D> constexpr int kScalarStage = static_cast<int>(block_bytes<D, kQ
 template <int D, int GS>
 constexpr bool kScalarStaged = D <= 128 && sizeof(Shared<D, GS>) + kWarps * 2 * kScalarStage<D> <= 48 * 1024;
 
-// The warp's asynchronous copy of `bytes` (a multiple of 16) from src to dst.
-template <int bytes> __device__ __forceinline__ void copy_async(uint8_t * dst, const uint8_t * src, int lane) {
-    constexpr int n = bytes / 16;
-#pragma unroll
-    for (int i = 0; i < (n + 31) / 32; ++i) {
-        const int c = lane + 32 * i;
-        if (n % 32 == 0 || c < n) {
-            cp_async<16>(dst + 16 * c, src + 16 * c);
-        }
-    }
-}
-
 // Starts the warp's copy of quantized unit `unit` of segment s (head h_kv) into a stage (kScalarStage bytes).
 template <int D, int kind>
 __device__ __forceinline__ void stage_scalar_kind(const Segment & s, int h_kv, int unit, int lane, uint8_t * dst) {
     constexpr int bytes = static_cast<int>(block_bytes<D, kind>());
     const size_t  at    = (static_cast<size_t>(h_kv) * ((s.n_tokens + kUnit - 1) / kUnit) + unit) * bytes;
-    copy_async<bytes>(dst, s.k + at, lane);
-    copy_async<4 * D>(dst + block_bytes<D, kQ4>(), s.v + at, lane);
+    copy_chunks<bytes / 16, 16>(dst, s.k + at, lane);
+    copy_chunks<4 * D / 16, 16>(dst + block_bytes<D, kQ4>(), s.v + at, lane);
 }
 
 template <int D>

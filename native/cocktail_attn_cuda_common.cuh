@@ -106,6 +106,19 @@ __device__ __forceinline__ void cp_async_wait_all_but_newest() {
     asm volatile("cp.async.wait_group 1;" ::: "memory");
 }
 
+// The warp's asynchronous copies of n chunks of `chunk` bytes: chunk c from byte c * from of src to byte c * to of dst,
+// unrolled so that every copy is one instruction with constant offsets.
+template <int n, int chunk, int from = chunk, int to = chunk>
+__device__ __forceinline__ void copy_chunks(uint8_t * dst, const uint8_t * src, int lane) {
+#pragma unroll
+    for (int i = 0; i < (n + 31) / 32; ++i) {
+        const int c = lane + 32 * i;
+        if (n % 32 == 0 || c < n) {
+            cp_async<chunk>(dst + c * to, src + c * from);
+        }
+    }
+}
+
 __device__ __forceinline__ bool quantized(int kind) {
     return kind == kQ4 || kind == kQ2;
 }

@@ -498,17 +498,13 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
 // Bytes of one staged K (or V) block: a Q4 block's size, whatever the kind (Q2 code rows padded to kCodeRow).
 template <int D> constexpr int kStagedBlock = static_cast<int>(block_bytes<D, kQ4>());
 
-// The warp's copies of n chunks of `chunk` bytes of a K and a V block: chunk c from byte c * from of k (v) to byte
-// c * to of dst (dst + kStagedBlock), unrolled so that every copy is one instruction with constant offsets.
-template <int D, int n, int chunk, int from, int to>
-__device__ __forceinline__ void stage_chunks(const uint8_t * k, const uint8_t * v, int lane, uint8_t * dst) {
-#pragma unroll
-    for (int i = 0; i < (n + 31) / 32; ++i) {
-        const int c = lane + 32 * i;
-        if (n % 32 == 0 || c < n) {
-            cp_async<chunk>(dst + c * to, k + c * from);
-            cp_async<chunk>(dst + kStagedBlock<D> + c * to, v + c * from);
-        }
+// The copies of stage_unit for one K (or V) block at src: its scale and min tables, then its D code rows.
+template <int D, int kind> __device__ __forceinline__ void stage_block(const uint8_t * src, int lane, uint8_t * dst) {
+    if constexpr (kind == kQ4) {
+        copy_chunks<kStagedBlock<D> / 16, 16>(dst, src, lane);
+    } else {
+        copy_chunks<4 * D / 16, 16>(dst, src, lane);
+        copy_chunks<D, 8, 8, kCodeRow>(dst + 4 * D, src + 4 * D, lane);
     }
 }
 
@@ -519,11 +515,12 @@ __device__ __forceinline__ void stage_unit(const Segment & s, int h_kv, int unit
     const size_t blocks = static_cast<size_t>(h_kv) * ((s.n_tokens + kUnit - 1) / kUnit) + unit;
     if (s.kind == kQ4) {
         const size_t at = blocks * block_bytes<D, kQ4>();
-        stage_chunks<D, kStagedBlock<D> / 16, 16, 16, 16>(s.k + at, s.v + at, lane, dst);
+        stage_block<D, kQ4>(s.k + at, lane, dst);
+        stage_block<D, kQ4>(s.v + at, lane, dst + kStagedBlock<D>);
     } else {
         const size_t at = blocks * block_bytes<D, kQ2>();
-        stage_chunks<D, 4 * D / 16, 16, 16, 16>(s.k + at, s.v + at, lane, dst);
-        stage_chunks<D, D, 8, 8, kCodeRow>(s.k + at + 4 * D, s.v + at + 4 * D, lane, dst + 4 * D);
+        stage_block<D, kQ2>(s.k + at, lane, dst);
+        stage_block<D, kQ2>(s.v + at, lane, dst + kStagedBlock<D>);
     }
 }
 
