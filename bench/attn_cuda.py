@@ -2,7 +2,9 @@
 against the device's copy bandwidth (BENCH.md metrics attn_kernel_gbps, copy_gbps), per model shape, depth
 and precision mix. Run on the GPU machine against a CUDA build:
 
-    python bench/attn_cuda.py --out bench/results/attn_cuda.json
+    COCKTAIL_COMMIT=<sha> python bench/attn_cuda.py --out bench/results/attn_cuda.json
+
+(COCKTAIL_COMMIT: the commit to record where the tree is no current git checkout, e.g. on the device machine.)
 
 The kernel alone; decode tokens/s of whole models with it in llama.cpp's graph: bench/tpot_gpu.py.
 """
@@ -10,16 +12,14 @@ The kernel alone; decode tokens/s of whole models with it in llama.cpp's graph: 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from cocktail_gguf import native_ops
+from cocktail_gguf import kv_bench, native_ops
 
 SHAPES = {  # (KV heads, query heads per KV head, head_dim) of one attention layer
     "llama2-7b": (32, 1, 128),
@@ -77,20 +77,11 @@ def main() -> int:
                 print(f"{shape:10s} {depth:6d} {name:8s} {m['ms'] * 1000:8.1f} us  "
                       f"{m['kv_bytes'] / 2**20:7.2f} MiB  {m['attn_kernel_gbps']:7.1f} GB/s  "
                       f"({share:.0f} % of copy {m['copy_gbps']:.0f} GB/s)", flush=True)  # fmt: skip
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                         text=True, check=False).stdout.strip()  # fmt: skip
-    commit = (
-        os.environ.get("COMMIT")
-        or subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    )
-    doc = {"bench": "attn_cuda", "commit": commit, "machine": f"{gpu}, {os.cpu_count()} cores",
-           "command": "python " + " ".join(sys.argv), "date": datetime.date.today().isoformat(),
-           "records": records}  # fmt: skip
+    doc = kv_bench.result_document("attn_cuda", records, "python " + " ".join(sys.argv))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    lines = [f"# attn_cuda\n\ncommit {commit}, {doc['machine']}, {doc['date']}\n\n`{doc['command']}`\n",
+    head = f"# attn_cuda\n\ncommit {doc['commit']}, {doc['machine']}, {doc['date']}\n\n`{doc['command']}`\n"
+    lines = [head,
              "| shape (one layer) | depth | mix | KV MiB | kernel µs | GB/s | % of copy |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     by = {(r["model"], r["depth"], r["mix_name"], r["metric"]): r for r in records}
