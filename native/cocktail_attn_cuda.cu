@@ -251,7 +251,7 @@ constexpr bool kScalarStaged = D <= 128 && sizeof(Shared<D, GS>) + kWarps * 2 * 
 template <int D, int kind>
 __device__ __forceinline__ void stage_scalar_kind(const Segment & s, int h_kv, int unit, int lane, uint8_t * dst) {
     constexpr int bytes = static_cast<int>(block_bytes<D, kind>());
-    const size_t  at    = (static_cast<size_t>(h_kv) * ((s.n_tokens + kUnit - 1) / kUnit) + unit) * bytes;
+    const size_t  at    = unit_block(s, h_kv, unit) * bytes;
     copy_chunks<bytes / 16, 16>(dst, s.k + at, lane);
     copy_chunks<4 * D / 16, 16>(dst + block_bytes<D, kQ4>(), s.v + at, lane);
 }
@@ -285,10 +285,9 @@ __device__ void unit_update(const Params &     p,
     constexpr int  kTokensPerStep = 32 / kLanesPerToken;
     constexpr int  kSteps         = kUnit / kTokensPerStep;
     const int      slot = lane / kLanesPerToken, gi = (lane % kLanesPerToken) / 4, s4 = lane % 4;
-    const int      n_blocks = (s.n_tokens + kUnit - 1) / kUnit;
-    const int      t        = unit * kUnit + lane;
-    bool           visible  = t < s.n_tokens;
-    float          bias     = 0.0f;
+    const int      t       = unit * kUnit + lane;
+    bool           visible = t < s.n_tokens;
+    float          bias    = 0.0f;
     if constexpr (kind == kTail) {  // the cache's view is padded with masked cells: skip units that see nothing
         if (visible && p.mask != nullptr) {
             const uint8_t * row = p.mask + qi * p.mask_nb_row;
@@ -299,7 +298,7 @@ __device__ void unit_update(const Params &     p,
             return;
         }
     }
-    const size_t    block  = (static_cast<size_t>(h_kv) * n_blocks + unit) * block_bytes<D, kind>();
+    const size_t    block  = kQuant ? unit_block(s, h_kv, unit) * block_bytes<D, kind>() : 0;
     const uint8_t * vbase  = kQuant ? s.v + block : nullptr;
     const uint8_t * kblock = kQuant ? (kScalarStaged<D, GS> ? stage : s.k + block) : nullptr;
     const uint8_t * vtab   = kQuant && kScalarStaged<D, GS> ? stage + block_bytes<D, kQ4>() : vbase;  // V scale, min

@@ -69,6 +69,11 @@ template <int D, int kind> __device__ constexpr size_t block_bytes() {
     return kind == kQ4 ? 20 * D : 12 * D;
 }
 
+// Index of head h_kv's 32-token block `unit` in a Q4 / Q2 segment ([head][block], native/README.md).
+__device__ __forceinline__ size_t unit_block(const Segment & s, int h_kv, int unit) {
+    return static_cast<size_t>(h_kv) * ((s.n_tokens + kUnit - 1) / kUnit) + unit;
+}
+
 // N consecutive fp16 values from p (aligned to 2*N bytes) as floats, in one load.
 template <int N> __device__ __forceinline__ void load_halves(const uint8_t * p, float (&out)[N]) {
     static_assert(N == 1 || N == 2 || N == 4 || N == 8, "1, 2, 4 or 8 halves");

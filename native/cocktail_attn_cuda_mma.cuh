@@ -512,7 +512,7 @@ template <int D, int kind> __device__ __forceinline__ void stage_block(const uin
 // scale and min tables (4 D bytes) as they are, then D code rows of 16 (Q4) or 8 (Q2) bytes, each at 16 bytes.
 template <int D>
 __device__ __forceinline__ void stage_unit(const Segment & s, int h_kv, int unit, int lane, uint8_t * dst) {
-    const size_t blocks = static_cast<size_t>(h_kv) * ((s.n_tokens + kUnit - 1) / kUnit) + unit;
+    const size_t blocks = unit_block(s, h_kv, unit);
     if (s.kind == kQ4) {
         const size_t at = blocks * block_bytes<D, kQ4>();
         stage_block<D, kQ4>(s.k + at, lane, dst);
