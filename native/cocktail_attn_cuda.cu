@@ -540,9 +540,14 @@ template <bool kMax> __device__ float block_reduce(float x, float * red) {
     return x;
 }
 
-// One block per (query token, head): merges the splits' partial softmaxes into the output row. The splits' weights
-// are found in parallel, then each warp sums every kMergeWarps-th split over all channels (coalesced rows).
-// Dynamic shared memory: n_splits + kMergeWarps * D floats.
+// Splits' rows of part_acc that each thread of the merge has in flight at once.
+constexpr int kMergeBatch = 4;
+
+// One block per (query token, head): merges the splits' partial softmaxes into the output row. Thread i sums channels
+// 4c .. 4c + 3 (c = i % (D / 4)) of the rows of splits i / (D / 4), + P, + 2P, ... (P = threads / (D / 4)), as
+// float4 loads, kMergeBatch rows in flight; the first batch is loaded before the splits' weights are found, so that
+// its latency overlaps theirs. The per-thread sums meet in shared memory. part_acc is 16-byte aligned (launch_merge).
+// Dynamic shared memory: n_splits rounded up to 4, then kMergeWarps * 32 float4.
 __global__ void __launch_bounds__(kMergeWarps * 32) attn_merge(const float *  part_acc,
                                                                const float2 * part_ml,
                                                                int            n_splits,
@@ -553,11 +558,24 @@ __global__ void __launch_bounds__(kMergeWarps * 32) attn_merge(const float *  pa
                                                                size_t         out_nb_head) {
     extern __shared__ float merge_smem[];
     __shared__ float        red[kMergeWarps];
-    float *                 wts = merge_smem;             // [n_splits]
-    float *                 sum = merge_smem + n_splits;  // [kMergeWarps][D]
-    const int               qi = blockIdx.y, h = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const size_t            row0 = (static_cast<size_t>(qi) * n_head + h) * n_splits;
-    float                   mmax = -INFINITY;
+    float *                 wts  = merge_smem;                                                       // [n_splits]
+    float4 *                sums = reinterpret_cast<float4 *>(merge_smem + (n_splits + 3) / 4 * 4);  // [threads]
+    const int               qi = blockIdx.y, h = blockIdx.x;
+    const size_t            row0  = (static_cast<size_t>(qi) * n_head + h) * n_splits;
+    const int               quads = D / 4, rows = blockDim.x / quads, c = threadIdx.x % quads, r0 = threadIdx.x / quads;
+    const float4 *          acc4 = reinterpret_cast<const float4 *>(part_acc + row0 * D) + c;
+
+    const auto load_batch = [&](int s, float4(&x)[kMergeBatch]) {
+#pragma unroll
+        for (int k = 0; k < kMergeBatch; ++k) {
+            const int sk = s + k * rows;
+            x[k]         = sk < n_splits ? acc4[static_cast<size_t>(sk) * quads] : make_float4(0, 0, 0, 0);
+        }
+    };
+    float4 x[kMergeBatch];
+    load_batch(r0, x);
+
+    float mmax = -INFINITY;
     for (int s = threadIdx.x; s < n_splits; s += blockDim.x) {
         mmax = fmaxf(mmax, part_ml[row0 + s].x);
     }
@@ -570,20 +588,30 @@ __global__ void __launch_bounds__(kMergeWarps * 32) attn_merge(const float *  pa
         l += ml.y * f;
     }
     l = block_reduce<false>(l, red);  // its barrier also publishes wts
-    for (int d = lane; d < D; d += 32) {
-        float acc = 0.0f;
-        for (int s = warp; s < n_splits; s += kMergeWarps) {
-            acc = fmaf(wts[s], part_acc[(row0 + s) * D + d], acc);
+
+    float4 acc = make_float4(0, 0, 0, 0);
+    for (int s = r0;; s += kMergeBatch * rows) {
+#pragma unroll
+        for (int k = 0; k < kMergeBatch; ++k) {
+            const int   sk = s + k * rows;
+            const float f  = sk < n_splits ? wts[sk] : 0.0f;
+            acc.x = fmaf(f, x[k].x, acc.x), acc.y = fmaf(f, x[k].y, acc.y);
+            acc.z = fmaf(f, x[k].z, acc.z), acc.w = fmaf(f, x[k].w, acc.w);
         }
-        sum[warp * D + d] = acc;
+        if (s + kMergeBatch * rows >= n_splits) {
+            break;
+        }
+        load_batch(s + kMergeBatch * rows, x);
     }
+    sums[threadIdx.x] = acc;
     __syncthreads();
+    const float * sum1 = reinterpret_cast<const float *>(sums);
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int w = 0; w < kMergeWarps; ++w) {
-            acc += sum[w * D + d];
+        float a = 0.0f;
+        for (int r = 0; r < rows; ++r) {
+            a += sum1[r * D + d];
         }
-        reinterpret_cast<float *>(out + qi * out_nb_token + h * out_nb_head)[d] = l > 0.0f ? acc / l : 0.0f;
+        reinterpret_cast<float *>(out + qi * out_nb_token + h * out_nb_head)[d] = l > 0.0f ? a / l : 0.0f;
     }
 }
 
@@ -721,7 +749,10 @@ int launch_merge(const Params & p,
                  size_t         out_nb_token,
                  size_t         out_nb_head,
                  cudaStream_t   stream) {
-    const size_t smem = (static_cast<size_t>(n_splits) + kMergeWarps * D) * sizeof(float);
+    if (reinterpret_cast<uintptr_t>(p.part_acc) % 16 != 0) {  // (float4 loads; the scratch is 256-byte aligned)
+        return fail(COCKTAIL_EINTERNAL, "cocktail_attn_mixed_regions_cuda: split scratch not 16-byte aligned");
+    }
+    const size_t smem = ((static_cast<size_t>(n_splits) + 3) / 4 * 4 + 4 * kMergeWarps * 32) * sizeof(float);
     attn_merge<<<dim3(p.n_head, p.n_q), kMergeWarps * 32, smem, stream>>>(
         p.part_acc, p.part_ml, n_splits, p.n_head, D, static_cast<uint8_t *>(out), out_nb_token, out_nb_head);
     if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {

@@ -111,15 +111,18 @@ __device__ __forceinline__ void cp_async_wait_all_but_newest() {
     asm volatile("cp.async.wait_group 1;" ::: "memory");
 }
 
-// The warp's asynchronous copies of n chunks of `chunk` bytes: chunk c from byte c * from of src to byte c * to of dst,
-// unrolled so that every copy is one instruction with constant offsets.
-template <int n, int chunk, int from = chunk, int to = chunk>
+// The warp's asynchronous copies of n chunks of `chunk` bytes: chunk c from byte c * from of src to byte
+// (c + c / pad) * to of dst (pad > 0, a divisor of 32: one empty slot after every pad chunks; 0: none), unrolled so
+// that every copy is one instruction with constant offsets.
+template <int n, int chunk, int from = chunk, int to = chunk, int pad = 0>
 __device__ __forceinline__ void copy_chunks(uint8_t * dst, const uint8_t * src, int lane) {
+    static_assert(pad >= 0 && 32 % (pad > 0 ? pad : 1) == 0, "copy_chunks: pad divides 32");
+    constexpr int slots    = pad > 0 ? 32 + 32 / pad : 32;  // dst slots of 32 chunks
+    uint8_t *     lane_dst = dst + (pad > 0 ? lane + lane / pad : lane) * to;
 #pragma unroll
     for (int i = 0; i < (n + 31) / 32; ++i) {
-        const int c = lane + 32 * i;
-        if (n % 32 == 0 || c < n) {
-            cp_async<chunk>(dst + c * to, src + c * from);
+        if (n % 32 == 0 || lane + 32 * i < n) {
+            cp_async<chunk>(lane_dst + i * slots * to, src + (lane + 32 * i) * from);
         }
     }
 }

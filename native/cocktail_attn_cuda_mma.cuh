@@ -130,6 +130,21 @@ template <int D> constexpr int kSqaRow = D / 4 + 1;
 // every code address is a base plus a constant.
 constexpr int kCodeRow = 16;
 
+// Staged code rows are followed by one empty row after every kKPadRows K channels and after every kVPadTokens V tokens
+// (kVPadTokens * D / 32 rows): the lanes of a code load (one row per t, 8 channels or 4 tokens apart) then read four
+// bank quads, not one (a 4-way bank conflict on every code load without it).
+constexpr int kKPadRows = 8, kVPadTokens = 4;
+
+// The slot of K channel 8 t + c (c >= 0 a constant: the lane's part, t, stays a multiply).
+__device__ __forceinline__ int k_slot(int t, int c) {
+    return (kKPadRows + 1) * t + c + c / kKPadRows;
+}
+
+// The slot of V token 4 t + o's first group row (o >= 0 a constant).
+template <int D> __device__ __forceinline__ int v_slot(int t, int o) {
+    return (kVPadTokens * D / 32 + 1) * t + o * D / 32 + o / kVPadTokens;
+}
+
 // How lane column n reads Q4 / Q2 codes (native/README.md): a K channel's codes (32 tokens) and a V token's group
 // (32 channels) are packed alike, so the 2-byte load at byte `at` of one holds elements 2n, 2n+1 (its bytes 0, 1, at
 // bit lo) and 2n+16, 2n+17 (at bit lo + 4). Q4: 16 bytes per channel / group, at 2n, 4-bit fields at bit 0 and 4;
@@ -201,8 +216,16 @@ template <int D> struct VRow {
     }
 };
 
+// O is accumulated transposed (O^T = V^T P^T): C rows are channels, columns query heads, so that the remainder rows
+// of P add into the same accumulators (one mma each for P's fp16 values and remainders) and O takes D / 4 floats per
+// lane, not D / 2. Row r of V tile m (0, 1) of a group is channel vt_channel(m, r): the rows g, g + 8 of tile m are
+// the channels 2g + 16m, 2g + 1 + 16m that the lane's code loads hold (QuantCodes::frags with n = g).
+__device__ __forceinline__ int vt_channel(int gi, int m, int r) {
+    return 32 * gi + 2 * (r & 7) + (r >> 3) + 16 * m;
+}
+
 template <int D> struct MmaWarp {
-    float o[D / 32][4][4];  // [V group][tile][c0..c3]: rows g and g + 8 (remainders) of this lane's columns
+    float o[D / 32][2][4];  // [V group][tile][c0..c3]: channel rows g, g + 8 of tile x query heads 2t, 2t + 1
     float vmin[4];          // sum of p * V min per group (C of P times the min table: groups 2t, 2t+1)
     float m;                // running max of row g in log2 units (the same in its four lanes)
     float l;                // this lane's share of row g's sum
@@ -311,9 +334,10 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
                 uint32_t     a[4];
                 split_frag(q.x * (ks[4 * h] * sb), q.y * (ks[4 * h + 1] * sb), q.z * (ks[4 * h + 2] * sb),
                            q.w * (ks[4 * h + 3] * sb), a);
-                uint32_t b0[4], b1[4];  // channels c0, c0+1 and c0+2, c0+3; this lane's token of each tile
-                qc.frags(ld_u16(codes + c0 * kCodeRow), ld_u16(codes + (c0 + 1) * kCodeRow), b0);
-                qc.frags(ld_u16(codes + (c0 + 2) * kCodeRow), ld_u16(codes + (c0 + 3) * kCodeRow), b1);
+                uint32_t        b0[4], b1[4];  // channels c0, c0+1 and c0+2, c0+3; this lane's token of each tile
+                const uint8_t * c = codes + k_slot(t, c0 - 8 * t) * kCodeRow;  // c0 .. c0 + 3: one pad group
+                qc.frags(ld_u16(c), ld_u16(c + kCodeRow), b0);
+                qc.frags(ld_u16(c + 2 * kCodeRow), ld_u16(c + 3 * kCodeRow), b1);
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     mma_16816(sacc[j], a, b0[j], b1[j]);
@@ -397,14 +421,15 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
         for (int i = 0; i < 4; ++i) {
             w.vmin[i] *= corr;
         }
+    }
+    // o's columns are query heads 2t and 2t + 1: their rows' factors (lane 4h holds row h)
+    const float f0 = __shfl_sync(0xffffffffu, f, 8 * t), f1 = __shfl_sync(0xffffffffu, f, 8 * t + 4);
+    if (f0 != 1.0f || f1 != 1.0f) {
 #pragma unroll
         for (int gi = 0; gi < kG; ++gi) {
 #pragma unroll
-            for (int x = 0; x < 4; ++x) {
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    w.o[gi][x][i] *= f;
-                }
+            for (int m = 0; m < 2; ++m) {
+                w.o[gi][m][0] *= f0, w.o[gi][m][1] *= f1, w.o[gi][m][2] *= f0, w.o[gi][m][3] *= f1;
             }
         }
     }
@@ -454,15 +479,17 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
         }
 #pragma unroll
         for (int ks = 0; ks < 2; ++ks) {
-            uint32_t a[4];
-            split_frag(pv[2 * ks][0], pv[2 * ks][1], pv[2 * ks + 1][0], pv[2 * ks + 1][1], a);
-            uint32_t b[2][4];  // [b0, b1][tile]
+            // P^T as B (k = the score tiles' tokens as below, column g = row g of P): fp16 values, then remainders
+            uint32_t pb[4];
+            split_frag(pv[2 * ks][0], pv[2 * ks][1], pv[2 * ks + 1][0], pv[2 * ks + 1][1], pb);
+            uint32_t b[2][4];  // V codes: [k 2t.. | k 2t+8..][channel 2g, 2g+1, 2g+16, 2g+17] (A rows, see vt_channel)
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 const int ta = tile_token(2 * ks + half, 2 * t), tb = tile_token(2 * ks + half, 2 * t + 1);
                 if constexpr (kQuant) {
                     const uint8_t * codes = vblock + 4 * D + gi * kCodeRow + qc.at;
-                    qc.frags(ld_u16(codes + ta * kG * kCodeRow), ld_u16(codes + tb * kG * kCodeRow), b[half]);
+                    qc.frags(ld_u16(codes + v_slot<D>(t, ta - 4 * t) * kCodeRow),
+                             ld_u16(codes + v_slot<D>(t, tb - 4 * t) * kCodeRow), b[half]);
                 } else {
                     // channel pairs as 4-byte loads (F16 regions, tails with contiguous channels) or two 2-byte loads
                     // under the tail's channel stride
@@ -488,39 +515,47 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
                 }
             }
 #pragma unroll
-            for (int x = 0; x < 4; ++x) {
-                mma_16816(w.o[gi][x], a, b[0][x], b[1][x]);
+            for (int m = 0; m < 2; ++m) {
+                const uint32_t a[4] = { b[0][2 * m], b[0][2 * m + 1], b[1][2 * m], b[1][2 * m + 1] };
+                mma_16816(w.o[gi][m], a, pb[0], pb[2]);
+                mma_16816(w.o[gi][m], a, pb[1], pb[3]);
             }
         }
     }
 }
 
-// Bytes of one staged K (or V) block: a Q4 block's size, whatever the kind (Q2 code rows padded to kCodeRow).
-template <int D> constexpr int kStagedBlock = static_cast<int>(block_bytes<D, kQ4>());
+// Bytes of one staged K (or V) block: the scale and min tables (4 D), then D code rows of kCodeRow bytes (Q2 rows
+// padded) and the empty rows between them (D / kKPadRows for K, 32 / kVPadTokens for V: room for the larger).
+template <int D>
+constexpr int kStagedBlock =
+    4 * D + kCodeRow * (D + (D / kKPadRows > 32 / kVPadTokens ? D / kKPadRows : 32 / kVPadTokens));
 
-// The copies of stage_unit for one K (or V) block at src: its scale and min tables, then its D code rows.
-template <int D, int kind> __device__ __forceinline__ void stage_block(const uint8_t * src, int lane, uint8_t * dst) {
+// The copies of stage_unit for one K (or V) block at src: its scale and min tables, then its D code rows, an empty
+// row after every pad of them.
+template <int D, int kind, int pad>
+__device__ __forceinline__ void stage_block(const uint8_t * src, int lane, uint8_t * dst) {
+    copy_chunks<4 * D / 16, 16>(dst, src, lane);
     if constexpr (kind == kQ4) {
-        copy_chunks<kStagedBlock<D> / 16, 16>(dst, src, lane);
+        copy_chunks<D, 16, 16, kCodeRow, pad>(dst + 4 * D, src + 4 * D, lane);
     } else {
-        copy_chunks<4 * D / 16, 16>(dst, src, lane);
-        copy_chunks<D, 8, 8, kCodeRow>(dst + 4 * D, src + 4 * D, lane);
+        copy_chunks<D, 8, 8, kCodeRow, pad>(dst + 4 * D, src + 4 * D, lane);
     }
 }
 
 // Starts the warp's copy of a quantized unit's K and V blocks to dst (K block, then V block at kStagedBlock): the
-// scale and min tables (4 D bytes) as they are, then D code rows of 16 (Q4) or 8 (Q2) bytes, each at 16 bytes.
+// scale and min tables (4 D bytes) as they are, then D code rows of 16 (Q4) or 8 (Q2) bytes, each in a 16-byte slot
+// (staged_row).
 template <int D>
 __device__ __forceinline__ void stage_unit(const Segment & s, int h_kv, int unit, int lane, uint8_t * dst) {
     const size_t blocks = unit_block(s, h_kv, unit);
     if (s.kind == kQ4) {
         const size_t at = blocks * block_bytes<D, kQ4>();
-        stage_block<D, kQ4>(s.k + at, lane, dst);
-        stage_block<D, kQ4>(s.v + at, lane, dst + kStagedBlock<D>);
+        stage_block<D, kQ4, kKPadRows>(s.k + at, lane, dst);
+        stage_block<D, kQ4, kVPadTokens * D / 32>(s.v + at, lane, dst + kStagedBlock<D>);
     } else {
         const size_t at = blocks * block_bytes<D, kQ2>();
-        stage_block<D, kQ2>(s.k + at, lane, dst);
-        stage_block<D, kQ2>(s.v + at, lane, dst + kStagedBlock<D>);
+        stage_block<D, kQ2, kKPadRows>(s.k + at, lane, dst);
+        stage_block<D, kQ2, kVPadTokens * D / 32>(s.v + at, lane, dst + kStagedBlock<D>);
     }
 }
 
@@ -587,10 +622,10 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
 #pragma unroll
     for (int gi = 0; gi < D / 32; ++gi) {
 #pragma unroll
-        for (int x = 0; x < 4; ++x) {
+        for (int m = 0; m < 2; ++m) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                w.o[gi][x][i] = 0.0f;
+                w.o[gi][m][i] = 0.0f;
             }
         }
     }
@@ -626,13 +661,16 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
     const float vmin[2] = { w.vmin[0] + w.vmin[2], w.vmin[1] + w.vmin[3] };  // row g, groups 2t and 2t + 1
 #pragma unroll
     for (int gi = 0; gi < D / 32; ++gi) {
-        const float mins = __shfl_sync(0xffffffffu, vmin[gi & 1], (lane & ~3) | (gi >> 1));
 #pragma unroll
-        for (int x = 0; x < 4; ++x) {
+        for (int e = 0; e < 2; ++e) {
+            const int   h    = 2 * t + e;  // this lane's column e of o; its row's V-min sums are in lane 4h + gi / 2
+            const float mins = __shfl_sync(0xffffffffu, vmin[gi & 1], 4 * h + (gi >> 1));
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                sh.acc[warp][g * D + v_channel(gi, x, 2 * t + e)] =
-                    (w.o[gi][x][e] + w.o[gi][x][2 + e]) * unscale + mins;
+            for (int m = 0; m < 2; ++m) {
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    sh.acc[warp][h * D + vt_channel(gi, m, g + 8 * r)] = w.o[gi][m][2 * r + e] * unscale + mins;
+                }
             }
         }
     }
