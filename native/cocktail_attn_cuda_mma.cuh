@@ -2,14 +2,15 @@
 // kernel (cocktail_attn_cuda.cu), for GQA groups where the scalar kernel spends one FMA per code and query head.
 //
 // A block is (query token, KV head, up to 8 of its query heads, token split); each warp takes 32-token units in
-// turn and computes S = Q K^T and O += P V with mma.sync m16n8k16 (fp16 operands, fp32 accumulators):
-//  - A operand (16 x 16): rows 0-7 the query heads' fp16 values, rows 8-15 their rounding remainders (also fp16),
-//    so that C rows g and g + 8 add up to a product with ~22-bit operands: codes are exact in fp16, and the
+// turn and computes S = Q K^T and O^T += V^T P^T with mma.sync m16n8k16 (fp16 operands, fp32 accumulators):
+//  - S: A (16 x 16) rows 0-7 the query heads' fp16 values, rows 8-15 their rounding remainders (also fp16), so that
+//    C rows g and g + 8 add up to a product with ~22-bit operands; B the K codes. O^T: A the V codes, B P^T twice
+//    (its fp16 values, then its remainders, into the same accumulators). Codes are exact in fp16, and the other
 //    operands are scaled by powers of two that keep them in fp16's normal range (the remainders too).
-//  - B operand: the region's codes as read from its layout (native/README.md), turned into fp16 by a mask and a
-//    half2 multiply-add ((x & mask) | 0x6400 is 1024 + code << shift, exactly); F16 rows as they are.
+//  - Codes as read from the region's layout (native/README.md), turned into fp16 by a mask and a half2
+//    multiply-add ((x & mask) | 0x6400 is 1024 + code << shift, exactly); F16 rows as they are.
 //  - K scale and min (per channel): A = q * scale, and q . min added to every token's score. V scale and min (per
-//    token and group of 32 channels): A = p * scale for that group's columns, sum(p * min) added at the end.
+//    token and group of 32 channels): B = p * scale for that group's rows, sum(p * min) added at the end.
 // Fragment layouts (PTX ISA, mma.m16n8k16 with .f16): lane = 4 g + t; A a0 = (row g, k 2t..2t+1), a1 = (row g + 8,
 // k 2t..2t+1), a2 = (row g, k 2t+8..2t+9), a3 = (row g + 8, k 2t+8..2t+9); B b0 = (k 2t..2t+1, col g),
 // b1 = (k 2t+8..2t+9, col g); C c0, c1 = (row g, cols 2t, 2t+1), c2, c3 = (row g + 8, same cols).
@@ -218,14 +219,14 @@ template <int D> struct VRow {
 
 // O is accumulated transposed (O^T = V^T P^T): C rows are channels, columns query heads, so that the remainder rows
 // of P add into the same accumulators (one mma each for P's fp16 values and remainders) and O takes D / 4 floats per
-// lane, not D / 2. Row r of V tile m (0, 1) of a group is channel vt_channel(m, r): the rows g, g + 8 of tile m are
-// the channels 2g + 16m, 2g + 1 + 16m that the lane's code loads hold (QuantCodes::frags with n = g).
+// lane, not D / 2. Row r (0..15) of tile m (0, 1) of V group gi is channel vt_channel(gi, m, r): rows g, g + 8 of
+// tile m are the channels 2g + 16m, 2g + 1 + 16m that the lane's code loads hold (QuantCodes::frags with n = g).
 __device__ __forceinline__ int vt_channel(int gi, int m, int r) {
     return 32 * gi + 2 * (r & 7) + (r >> 3) + 16 * m;
 }
 
 template <int D> struct MmaWarp {
-    float o[D / 32][2][4];  // [V group][tile][c0..c3]: channel rows g, g + 8 of tile x query heads 2t, 2t + 1
+    float o[D / 32][2][4];  // [V group][tile][c0..c3]: channel rows g, g + 8 of the tile by query heads 2t, 2t + 1
     float vmin[4];          // sum of p * V min per group (C of P times the min table: groups 2t, 2t+1)
     float m;                // running max of row g in log2 units (the same in its four lanes)
     float l;                // this lane's share of row g's sum
@@ -544,7 +545,7 @@ __device__ __forceinline__ void stage_block(const uint8_t * src, int lane, uint8
 
 // Starts the warp's copy of a quantized unit's K and V blocks to dst (K block, then V block at kStagedBlock): the
 // scale and min tables (4 D bytes) as they are, then D code rows of 16 (Q4) or 8 (Q2) bytes, each in a 16-byte slot
-// (staged_row).
+// (k_slot, v_slot).
 template <int D>
 __device__ __forceinline__ void stage_unit(const Segment & s, int h_kv, int unit, int lane, uint8_t * dst) {
     const size_t blocks = unit_block(s, h_kv, unit);
