@@ -202,6 +202,7 @@ def run_mode(config: BenchConfig, mode: str, depth: int) -> list[dict[str, Any]]
         record("prefill_tokens_per_s", [n_prompt / a.timings["prefill_s"] for a in runs]),
         record("decode_tokens_per_s", [a.timings["n_decoded"] / a.timings["decode_s"] for a in runs]),
         record("ms_per_token", [1000 * a.timings["decode_s"] / a.timings["n_decoded"] for a in runs]),
+        record("ms_per_token_median_step", [1000 * a.timings["decode_step_median_s"] for a in runs]),
     ]
     if plan is not None:
         out.append(record("compaction_ms", [1000 * a.timings["compaction_s"] for a in runs]))
@@ -224,7 +225,8 @@ def run(config: BenchConfig, progress: Callable[[str], None] | None = None) -> l
 
 def markdown(records: list[dict[str, Any]]) -> str:
     """One table row per (depth, kv_mode): KV MiB after the answer, prefill t/s, compaction (+ staging
-    release) ms, decode t/s (medians)."""
+    release) ms, decode t/s, ms per token (all decode steps) and the median step's ms (medians over runs;
+    "—" where the records predate the median step)."""
     rows: dict[tuple[int, str], dict[str, Any]] = {}
     for r in records:
         key = (r["depth"], r["kv_mode"])
@@ -234,13 +236,14 @@ def markdown(records: list[dict[str, Any]]) -> str:
         rows[key][r["metric"]] = r["value"]
     lines = [
         "| depth | kv_mode | KV MiB = llama.cpp cache + regions | prefill t/s | compaction + release ms "
-        "| decode t/s | ms/token |",
-        "|---|---|---|---|---|---|---|",
+        "| decode t/s | ms/token | median step ms |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (depth, mode), v in rows.items():  # in the order measured
         comp = f"{v['compaction_ms']:.1f} + {v.get('release_ms', 0.0):.1f}" if "compaction_ms" in v else "—"
         mib = f"{v['kv'] / 2**20:.1f} = {v['cache'] / 2**20:.1f} + {v['regions'] / 2**20:.2f}"
-        decode = f"{v['decode_tokens_per_s']:.1f} | {v['ms_per_token']:.2f}"
+        step = f"{v['ms_per_token_median_step']:.2f}" if "ms_per_token_median_step" in v else "—"
+        decode = f"{v['decode_tokens_per_s']:.1f} | {v['ms_per_token']:.2f} | {step}"
         speeds = f"{v['prefill_tokens_per_s']:.0f} | {comp} | {decode}"
         lines.append(f"| {depth} | {mode} | {mib} | {speeds} |")
     return "\n".join(lines) + "\n"

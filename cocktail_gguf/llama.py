@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import statistics
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +52,10 @@ class Answer:
     logits: np.ndarray | None = None
     """[len(tokens), n_vocab] float32: the logits each token was chosen from (``return_logits=True``)."""
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds spent in each phase: plan_s, prefill_s, compaction_s, decode_s (wall clock)."""
+    """Seconds spent in each phase: plan_s, prefill_s, compaction_s, decode_s (wall clock);
+    decode_step_median_s: the median of the decode steps' own times (sampling + one token's evaluation), a
+    steady-state time per token that one slow step (the first one's graph capture, a cache resize) does not
+    move."""
 
     def __str__(self) -> str:
         return self.text
@@ -334,6 +338,8 @@ class Llama(llama_cpp.Llama):
         tokens: list[int] = []
         rows: list[np.ndarray] = []
         n_decoded = 0  # tokens evaluated after the prompt (decode steps)
+        steps: list[float] = []  # each decode step's seconds, from the end of the previous one
+        t_step = t3
         for _ in range(max_tokens):
             if return_logits:  # before sampling: the row the token is chosen from
                 ptr = llama_cpp.llama_get_logits_ith(self._ctx.ctx, -1)
@@ -348,6 +354,9 @@ class Llama(llama_cpp.Llama):
             yield token
             self.eval([token])
             n_decoded += 1
+            t_now = time.perf_counter()
+            steps.append(t_now - t_step)
+            t_step = t_now
         t4 = time.perf_counter()
         if plan is not None:
             segmented_cache.check(self._ctx.ctx)
@@ -357,7 +366,11 @@ class Llama(llama_cpp.Llama):
         logits = None
         if return_logits:
             logits = np.stack(rows) if rows else np.zeros((0, n_vocab), dtype=np.float32)
-        timings.update(decode_s=t4 - t3, n_decoded=float(n_decoded))
+        timings.update(
+            decode_s=t4 - t3,
+            n_decoded=float(n_decoded),
+            decode_step_median_s=statistics.median(steps) if steps else 0.0,
+        )
         return Answer(
             text=text,
             tokens=tokens,

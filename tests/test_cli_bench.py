@@ -31,6 +31,9 @@ def test_bench_json(tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[
             assert rec["value"] > 0 and rec["min"] <= rec["value"] <= rec["max"] and rec["n_runs"] == 2
             assert rec["depth"] == 96 and rec["model"] == "tiny-gqa" and rec["n_threads"] == 1
         assert ((mode, "compaction_ms") in by) == ((mode, "release_ms") in by) == (mode != "f16")
+        # the median decode step (steady state) and the mean over all steps: the same order of time
+        step, mean = by[mode, "ms_per_token_median_step"]["value"], by[mode, "ms_per_token"]["value"]
+        assert 0 < step < 10 * mean and mean < 10 * step
     kv = {mode: by[mode, "decode_tokens_per_s"] for mode in ("f16", "q4", "q2", "cocktail")}
     assert kv["f16"]["kv_bytes_regions"] == 0 and kv["f16"]["mix"] is None
     assert kv["f16"]["impl"] == "llama.cpp" and kv["q4"]["impl"] == "ours"
