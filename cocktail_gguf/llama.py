@@ -53,9 +53,9 @@ class Answer:
     """[len(tokens), n_vocab] float32: the logits each token was chosen from (``return_logits=True``)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent in each phase: plan_s, prefill_s, compaction_s, decode_s (wall clock);
-    decode_step_median_s: the median of the decode steps' own times (sampling + one token's evaluation), a
-    steady-state time per token that one slow step (the first one's graph capture, a cache resize) does not
-    move."""
+    decode_step_median_s: the median of the decode steps' own times (sampling, a streaming caller's handling
+    of the token, one token's evaluation), a steady-state time per token that one slow step (the first one's
+    graph capture, a cache resize) does not move."""
 
     def __str__(self) -> str:
         return self.text
