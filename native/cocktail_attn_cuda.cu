@@ -25,24 +25,27 @@
 
 namespace cocktail::cuda_impl {
 
-// Codes become floats in 1.0f's mantissa: a code moved to bits 3-6 (Q4) or 5-6 (Q2) of a byte whose bit 7 is set,
-// that byte put under 1.0f's top exponent byte, reads as 1 + code / M exactly (M = kCodeMul): one byte-permute per
-// code (a quarter-rate integer conversion, or a permute plus a subtraction, otherwise). As
-// sum_i M w_i (1 + code_i / M) = sum_i w_i code_i + M sum_i w_i, the callers weigh the codes by M w and take
-// M sum(w) off once, through the minimum terms (K: the bias; V: the p * min column).
-template <int kind> constexpr float kCodeMul = kind == kQ4 ? 16.0f : 4.0f;
+// Codes become floats in 2.0f's mantissa: a code moved to bits 3-6 (Q4) or 5-6 (Q2) of a byte (bit 7 clear), that
+// byte put under 2.0f's top exponent byte, reads as 2 (1 + code / M) exactly (M = kCodeMul): one byte-permute per
+// code (a quarter-rate integer conversion, or a permute plus a subtraction, otherwise), and no bit to set (1.0f's
+// exponent would need bit 7 of the byte: one more logic instruction per four codes). As
+// sum_i (M / 2) w_i * 2 (1 + code_i / M) = sum_i w_i code_i + M sum_i w_i, the callers weigh the codes by
+// kCodeWeight w = (M / 2) w and take M sum(w) off once, through the minimum terms (K: the bias; V: the p * min
+// column).
+template <int kind> constexpr float kCodeMul    = kind == kQ4 ? 16.0f : 4.0f;
+template <int kind> constexpr float kCodeWeight = kCodeMul<kind> / 2;
 
-// The codes of w at bit offset `at` in every byte (Q4: 0 or 4; Q2: 0, 2, 4 or 6) moved where one_plus_code reads
-// them: a rotation (bits from the neighbouring byte are masked off) and one mask-and-set.
+// The codes of w at bit offset `at` in every byte (Q4: 0 or 4; Q2: 0, 2, 4 or 6) moved where code_float reads them:
+// a rotation, and a mask (bits from the neighbouring byte off).
 template <int kind> __device__ __forceinline__ uint32_t code_bytes(uint32_t w, int at) {
     constexpr int      to   = kind == kQ4 ? 3 : 5;
     constexpr uint32_t keep = kind == kQ4 ? 0x78787878u : 0x60606060u;
-    return (__funnelshift_l(w, w, (to - at) & 31) & keep) | 0x80808080u;
+    return __funnelshift_l(w, w, (to - at) & 31) & keep;
 }
 
-// 1 + code / kCodeMul from byte b (0..3) of a word made by code_bytes.
-template <int b> __device__ __forceinline__ float one_plus_code(uint32_t x) {
-    return __int_as_float(__byte_perm(x, 0x3F000000u, 0x7044 | (b << 8)));
+// 2 (1 + code / kCodeMul) from byte b (0..3) of a word made by code_bytes.
+template <int b> __device__ __forceinline__ float code_float(uint32_t x) {
+    return __int_as_float(__byte_perm(x, 0x40000000u, 0x7044 | (b << 8)));
 }
 
 // Channels c0..c0+3 and c0+16..c0+19 of one fp16 V row (contiguous channels, 8-byte aligned) as 8 floats.
@@ -105,7 +108,8 @@ template <int D, int GS> struct WarpState {
     float m[GS];
     float l[GS];
     float acc[GS][8];  // this lane's 8 V channels
-    float macc[GS];    // sum of p * V min of this lane's group (added to the 8 channels at the end)
+    float macc[GS];    // sum of p * V min of this lane's group over a quarter of its tokens (the four lanes of the
+                       // group, s = 0..3, add up at the end, then add it to their channels)
 };
 
 // Score of token `lane` of the unit against the GS query rows (before the mask). kblock: a Q4 / Q2 unit's K block
@@ -131,16 +135,17 @@ __device__ __forceinline__ void unit_scores(const Params &  p,
     }
     if constexpr (kind == kQ4 || kind == kQ2) {
         // q.k = sum_d (q_d * scale_d) * code_d + sum_d q_d * min_d: scales folded into the query once per unit. With
-        // codes read as 1 + code / M (one_plus_code), q_d * scale_d * M weighs them and the bias takes
-        // sum_d q_d * scale_d * M off again: q.k = sum_d (q_d * scale_d * M) * (1 + code_d / M) + q_d * (min_d - M scale_d)
+        // codes read as 2 (1 + code / M) (code_float), q_d * scale_d * M / 2 weighs them and the bias takes
+        // sum_d q_d * scale_d * M off again:
+        // q.k = sum_d (q_d * scale_d * M / 2) * 2 (1 + code_d / M) + q_d * (min_d - M scale_d)
         constexpr int   kCpl   = D / 32;  // channels per lane in the fold
         constexpr int   kBytes = kind == kQ4 ? 16 : 8;
         const uint8_t * base   = kblock;
         float           sc[kCpl], mn[kCpl], bias[GS];
 #pragma unroll
         for (int i = 0; i < kCpl; ++i) {  // channels lane + 32 i: coalesced loads, conflict-free table writes
-            sc[i] = h2f(base + 2 * (lane + 32 * i)) * kCodeMul<kind>;
-            mn[i] = h2f(base + 2 * (D + lane + 32 * i)) - sc[i];
+            sc[i] = h2f(base + 2 * (lane + 32 * i)) * kCodeWeight<kind>;
+            mn[i] = h2f(base + 2 * (D + lane + 32 * i)) - 2 * sc[i];
         }
 #pragma unroll
         for (int g = 0; g < GS; ++g) {
@@ -171,10 +176,8 @@ __device__ __forceinline__ void unit_scores(const Params &  p,
             for (int g = 0; g < GS; ++g) {
                 qv[g] = qs_tab[g * D + c];
             }
-            const float f[8] = {
-                one_plus_code<0>(x0), one_plus_code<1>(x0), one_plus_code<2>(x0), one_plus_code<3>(x0),
-                one_plus_code<0>(x1), one_plus_code<1>(x1), one_plus_code<2>(x1), one_plus_code<3>(x1)
-            };
+            const float f[8] = { code_float<0>(x0), code_float<1>(x0), code_float<2>(x0), code_float<3>(x0),
+                                 code_float<0>(x1), code_float<1>(x1), code_float<2>(x1), code_float<3>(x1) };
 #pragma unroll
             for (int g = 0; g < GS; ++g) {
 #pragma unroll
@@ -340,8 +343,8 @@ __device__ void unit_update(const Params &     p,
     if (!__any_sync(0xffffffffu, any)) {
         return;
     }
-    // this lane's token: p * scale * M and p * (min - scale * M) of each V group (codes read as 1 + code / M, see
-    // one_plus_code; F16 / tail: p and 0), for the value lanes
+    // this lane's token: p * scale * M / 2 and p * (min - scale * M) of each V group (codes read as 2 (1 + code / M),
+    // see code_float; F16 / tail: p and 0), for the value lanes
     {
         float vs[kGroups], vm[kGroups];
         if constexpr (kQuant) {
@@ -349,8 +352,8 @@ __device__ void unit_update(const Params &     p,
             load_halves<kGroups>(vtab + 2 * D + 2 * lane * kGroups, vm);
 #pragma unroll
             for (int gi = 0; gi < kGroups; ++gi) {
-                vs[gi] *= kCodeMul<kind>;
-                vm[gi] -= vs[gi];
+                vs[gi] *= kCodeWeight<kind>;
+                vm[gi] -= 2 * vs[gi];
             }
         } else {
 #pragma unroll
@@ -369,6 +372,16 @@ __device__ void unit_update(const Params &     p,
         }
     }
     __syncwarp();
+    if constexpr (kQuant) {  // the p * min column: lane s4 of the group takes steps s4, s4 + 4, ... of its tokens
+        const float * e = psm_tab + (gi * 2 * GS + GS) * kPsmRow + slot + kTokensPerStep * s4;
+#pragma unroll
+        for (int k = 0; k < kSteps; k += 4) {
+#pragma unroll
+            for (int g = 0; g < GS; ++g) {
+                w.macc[g] += e[g * kPsmRow + kTokensPerStep * k];
+            }
+        }
+    }
     const int ch0 = 32 * gi + 4 * s4;  // channels ch0 + {0..3} and ch0 + 16 + {0..3}
 #pragma unroll
     for (int k = 0; k < kSteps; ++k) {
@@ -385,13 +398,9 @@ __device__ void unit_update(const Params &     p,
             // j + 16, j + 24 at bit offsets 0, 2, 4, 6
             const int      at = kind == kQ4 ? 0 : 2 * (s4 >> 1);
             const uint32_t lo = code_bytes<kind>(vword[k], at), hi = code_bytes<kind>(vword[k], at + 4);
-            v[0] = one_plus_code<0>(lo), v[1] = one_plus_code<1>(lo), v[2] = one_plus_code<2>(lo);
-            v[3] = one_plus_code<3>(lo), v[4] = one_plus_code<0>(hi), v[5] = one_plus_code<1>(hi);
-            v[6] = one_plus_code<2>(hi), v[7] = one_plus_code<3>(hi);
-#pragma unroll
-            for (int g = 0; g < GS; ++g) {
-                w.macc[g] += e[(GS + g) * kPsmRow];
-            }
+            v[0] = code_float<0>(lo), v[1] = code_float<1>(lo), v[2] = code_float<2>(lo);
+            v[3] = code_float<3>(lo), v[4] = code_float<0>(hi), v[5] = code_float<1>(hi);
+            v[6] = code_float<2>(hi), v[7] = code_float<3>(hi);
         } else {
             const int t_abs = unit * kUnit + tt;
             if (t_abs >= s.n_tokens) {
@@ -487,6 +496,11 @@ attn_partial(const Params p) {
     });
     // the lanes that own the same channels (other token slots) add up; the tables become the output buffer
     constexpr int kLanesPerToken = 4 * (D / 32);
+#pragma unroll
+    for (int g = 0; g < GS; ++g) {  // the four lanes of a V group add their quarters of the p * min sums
+        w.macc[g] += __shfl_xor_sync(0xffffffffu, w.macc[g], 1);
+        w.macc[g] += __shfl_xor_sync(0xffffffffu, w.macc[g], 2);
+    }
 #pragma unroll
     for (int o = kLanesPerToken; o < 32; o <<= 1) {
 #pragma unroll
@@ -765,7 +779,9 @@ int launch_merge(const Params & p,
 int run(int D, Params & p, cudaStream_t stream, int max_splits) {
     const int  gs = plan_launch(p, D, max_splits);
     const dim3 grid(p.n_head_kv * p.n_gblocks, p.n_splits, p.n_q);
-    void *     args[] = { &p };
+    // an F16 unit's time in quantized units (bench/attn_cuda.py at 64K: all-F16 against all-Q2 / all-Q4 plans)
+    p.heavy_cost  = gs == kMmaRows ? 2.0f : 4.0f;
+    void * args[] = { &p };
     cudaLaunchKernel(partial_kernel(D, gs), grid, dim3(kWarps * 32), args, partial_smem(D, gs), stream);
     if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
         return cuda_fail(err, "attn_partial launch");
