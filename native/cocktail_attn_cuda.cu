@@ -779,9 +779,7 @@ int launch_merge(const Params & p,
 int run(int D, Params & p, cudaStream_t stream, int max_splits) {
     const int  gs = plan_launch(p, D, max_splits);
     const dim3 grid(p.n_head_kv * p.n_gblocks, p.n_splits, p.n_q);
-    // an F16 unit's time in quantized units (bench/attn_cuda.py at 64K: all-F16 against all-Q2 / all-Q4 plans)
-    p.heavy_cost  = gs == kMmaRows ? 2.0f : 4.0f;
-    void * args[] = { &p };
+    void *     args[] = { &p };
     cudaLaunchKernel(partial_kernel(D, gs), grid, dim3(kWarps * 32), args, partial_smem(D, gs), stream);
     if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
         return cuda_fail(err, "attn_partial launch");

@@ -41,10 +41,9 @@ struct Params {
     const uint8_t * mask;
     size_t          mask_nb_row;
     int             mask_f16;
-    const int32_t * q_seq;       // sequence of each query token (device), or nullptr: every segment is for every token
-    float *         part_acc;    // [n_q][n_head][n_splits][D]
-    float2 *        part_ml;     // [n_q][n_head][n_splits]: running max, sum of exp
-    float           heavy_cost;  // time of an F16 / tail unit in quantized units, for dealing them (for_each_unit)
+    const int32_t * q_seq;     // sequence of each query token (device), or nullptr: every segment is for every token
+    float *         part_acc;  // [n_q][n_head][n_splits][D]
+    float2 *        part_ml;   // [n_q][n_head][n_splits]: running max, sum of exp
 };
 
 __device__ __forceinline__ float h2f(const uint8_t * p) {
@@ -168,98 +167,34 @@ struct WarpStages {
     }
 };
 
-// Heavy units (F16 regions and the tail: fp16 rows, several times a quantized unit's bytes and time) and light ones
-// (Q4, Q2) are dealt apart (for_each_unit).
-__device__ __forceinline__ bool heavy(int kind) {
-    return !quantized(kind);
-}
-
-// A query token's units in class order: the heavy units of the segments it sees, in segment order, then the light
-// ones. seek(i) moves to the segment holding unit i of that order (i never decreasing from call to call): then
-// seg = p.seg[si % n_segments], unit i is its unit i - base (si < n_segments: the heavy pass, then the light pass).
-struct ClassCursor {
-    int si = 0, base = 0;
-
-    __device__ __forceinline__ void seek(const Params & p, int q_seq, int i) {
-        for (; si < 2 * p.n_segments; ++si) {
-            const bool      light = si >= p.n_segments;
-            const Segment & s     = p.seg[light ? si - p.n_segments : si];
-            if (heavy(s.kind) != light && (s.seq < 0 || s.seq == q_seq)) {
-                const int n = (s.n_tokens + kUnit - 1) / kUnit;
-                if (i < base + n) {
-                    return;
-                }
-                base += n;
-            }
-        }
-    }
-};
-
 // Calls f(segment, unit, next, next_unit) for this warp's units of the block's split, skipping other sequences'
-// regions; next is the index in p.seg of the warp's following unit (-1 after the last one), next_unit its unit.
-// The launch is one wave of equal blocks, so it lasts as long as its busiest warp: the S = n_splits * kWarps warps
-// of a query token and head block (slot k = split + n_splits * warp) each get about the same time's work.
-//  - Heavy units first, round-robin over the slots: the first a = H % S slots get one more than the others.
-//  - Light units: round-robin over every slot up to n1, the rest round-robin over slots a.. only, n1 chosen so that
-//    the first a slots get about p.heavy_cost (a heavy unit's time in light units) fewer light units than the others.
-// Every block gets its share of each class; which units a warp gets is fixed by the launch (no atomics: the same
-// sums in the same order on every call).
+// regions; next is the index in p.seg of the warp's following unit (-1 after the last one), next_unit its unit. Units
+// are dealt round-robin over the splits, then over the block's warps, so that every block gets its share of each
+// region (an F16 unit reads 5x the bytes of a Q2 one) and one wave of equal blocks stays balanced.
 template <class F>
 __device__ __forceinline__ void for_each_unit(const Params & p, int qi, int split, int warp, F && f) {
-    const int q_seq   = p.q_seq != nullptr ? p.q_seq[qi] : -1;
-    int       n_heavy = 0, n_all = 0;
-    for (int si = 0; si < p.n_segments; ++si) {
-        const Segment & s = p.seg[si];
-        if (s.seq < 0 || s.seq == q_seq) {
-            const int n = (s.n_tokens + kUnit - 1) / kUnit;
-            n_all += n;
-            n_heavy += heavy(s.kind) ? n : 0;
+    const int q_seq = p.q_seq != nullptr ? p.q_seq[qi] : -1;
+    const int step  = p.n_splits * kWarps;
+    int       si    = 0;
+    auto      from  = [&](int u) {  // the first unit at u or later (step apart) for this query token; -1: none
+        for (; u < p.n_units; u += step) {
+            while (si + 1 < p.n_segments && p.seg[si + 1].unit0 <= u) {
+                ++si;
+            }
+            if (p.seg[si].seq < 0 || p.seg[si].seq == q_seq) {  // another sequence's regions: uniform per block
+                return u;
+            }
         }
-    }
-    const int S = p.n_splits * kWarps, k = split + p.n_splits * warp, a = n_heavy % S;
-    int       end1 = n_all;  // class-order index where the light units dealt to every slot end
-    if (a > 0) {             // light units of a slot with one heavy unit more: x; of the others: x + heavy_cost
-        const float x = (n_all - n_heavy - (S - a) * p.heavy_cost) / S;
-        end1          = n_heavy + min(n_all - n_heavy, S * max(0, __float2int_rn(x)));
-    }
-    const int  start2  = k >= a ? end1 + k - a : n_all;  // this slot's first light unit past end1 (n_all: none)
-    // this slot's units (class-order index i): heavy k, k + S, ...; light n_heavy + k, + S, ... below end1; then
-    // start2, + (S - a), ...
-    int        i       = k >= n_heavy ? n_heavy + k : k;
-    const auto advance = [&] {
-        const int from = i;
-        if (from >= end1) {  // the last pass
-            i += S - a;
-            return;
-        }
-        i += S;
-        if (from < n_heavy && i >= n_heavy) {  // past the heavy units
-            i = n_heavy + k;
-        }
-        if (i >= end1) {
-            i = start2;
-        }
+        return -1;
     };
-    if (i >= end1) {
-        i = start2;
-    }
-    ClassCursor cur;
-    const auto  locate = [&](int & seg, int & unit) {
-        if (i >= n_all) {
-            return false;
-        }
-        cur.seek(p, q_seq, i);
-        seg = cur.si % p.n_segments, unit = i - cur.base;
-        return true;
-    };
-    int  seg = -1, unit = 0;
-    bool have = locate(seg, unit);
-    while (have) {
-        advance();
-        int        next = -1, next_unit = 0;
-        const bool more = locate(next, next_unit);
-        f(p.seg[seg], unit, more ? next : -1, more ? next_unit : 0);
-        seg = next, unit = next_unit, have = more;
+    int u  = from(split + p.n_splits * warp);
+    int su = si;
+    while (u >= 0) {
+        const int       un = from(u + step);
+        const Segment & s  = p.seg[su];
+        f(s, u - s.unit0, un >= 0 ? si : -1, un >= 0 ? un - p.seg[si].unit0 : 0);
+        u  = un;
+        su = si;
     }
 }
 
