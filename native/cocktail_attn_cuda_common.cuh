@@ -170,30 +170,46 @@ struct WarpStages {
 // Calls f(segment, unit, next, next_unit) for this warp's units of the block's split, skipping other sequences'
 // regions; next is the index in p.seg of the warp's following unit (-1 after the last one), next_unit its unit. Units
 // are dealt round-robin over the splits, then over the block's warps, so that every block gets its share of each
-// region (an F16 unit reads 5x the bytes of a Q2 one) and one wave of equal blocks stays balanced.
+// region (an F16 unit reads 5x the bytes of a Q2 one) and one wave of equal blocks stays balanced. Warp slot k takes
+// its units starting at its (k % count)-th one and wraps around: the regions come in segment order (F16 first), so
+// that without the rotation every warp would read the F16 units (bandwidth-bound) at the start and the quantized
+// ones (instruction-bound) after; rotated, both kinds run side by side all along.
 template <class F>
 __device__ __forceinline__ void for_each_unit(const Params & p, int qi, int split, int warp, F && f) {
-    const int q_seq = p.q_seq != nullptr ? p.q_seq[qi] : -1;
-    const int step  = p.n_splits * kWarps;
-    int       si    = 0;
-    auto      from  = [&](int u) {  // the first unit at u or later (step apart) for this query token; -1: none
-        for (; u < p.n_units; u += step) {
+    const int  q_seq = p.q_seq != nullptr ? p.q_seq[qi] : -1;
+    const int  step = p.n_splits * kWarps, k = split + p.n_splits * warp;
+    const int  count = k < p.n_units ? (p.n_units - 1 - k) / step + 1 : 0;  // this slot's units k + m step
+    const int  m0    = count > 0 ? k % count : 0;
+    int        si    = 0;
+    // the unit at position j of this slot's rotated order, or later if the query token does not see it; -1: none
+    const auto from  = [&](int j) {
+        for (; j < count; ++j) {
+            const int m = m0 + j < count ? m0 + j : m0 + j - count;
+            const int u = k + m * step;
+            if (p.seg[si].unit0 > u) {  // wrapped around
+                si = 0;
+            }
             while (si + 1 < p.n_segments && p.seg[si + 1].unit0 <= u) {
                 ++si;
             }
             if (p.seg[si].seq < 0 || p.seg[si].seq == q_seq) {  // another sequence's regions: uniform per block
-                return u;
+                return j;
             }
         }
         return -1;
     };
-    int u  = from(split + p.n_splits * warp);
+    const auto unit_at = [&](int j) {
+        const int m = m0 + j < count ? m0 + j : m0 + j - count;
+        return k + m * step;
+    };
+    int j  = from(0);
     int su = si;
-    while (u >= 0) {
-        const int       un = from(u + step);
+    while (j >= 0) {
+        const int       u  = unit_at(j);
+        const int       jn = from(j + 1);
         const Segment & s  = p.seg[su];
-        f(s, u - s.unit0, un >= 0 ? si : -1, un >= 0 ? un - p.seg[si].unit0 : 0);
-        u  = un;
+        f(s, u - s.unit0, jn >= 0 ? si : -1, jn >= 0 ? unit_at(jn) - p.seg[si].unit0 : 0);
+        j  = jn;
         su = si;
     }
 }
