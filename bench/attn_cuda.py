@@ -4,7 +4,9 @@ and precision mix. Run on the GPU machine against a CUDA build:
 
     COCKTAIL_COMMIT=<sha> python bench/attn_cuda.py --out bench/results/attn_cuda.json
 
-(COCKTAIL_COMMIT: the commit to record where the tree is no current git checkout, e.g. on the device machine.)
+(COCKTAIL_COMMIT: the commit to record where the tree is no current git checkout, e.g. on the device machine.
+`--orders forward rotated zigzag` times each packed layer under each order in which the warps can take their
+units, through COCKTAIL_UNIT_ORDER.)
 
 The kernel alone; decode tokens/s of whole models with it in llama.cpp's graph: bench/tpot_gpu.py.
 """
@@ -33,7 +35,12 @@ MIXES = {
 }
 
 
-def measure(shape: str, depth: int, mix: dict[str, float], n_iters: int, rng: np.random.Generator) -> dict:
+ORDERS = ("forward", "rotated", "zigzag")  # COCKTAIL_UNIT_ORDER: in which order a warp takes its units
+
+
+def measure(shape: str, depth: int, mix: dict[str, float], n_iters: int, rng: np.random.Generator,
+            orders: list[str | None]) -> list[dict]:  # fmt: skip
+    """One packed layer, timed under each unit order (None: the kernels' default)."""
     h_kv, group, d = SHAPES[shape]
     k = rng.standard_normal((h_kv, depth, d)).astype(np.float16)
     v = rng.standard_normal((h_kv, depth, d)).astype(np.float16)
@@ -45,11 +52,18 @@ def measure(shape: str, depth: int, mix: dict[str, float], n_iters: int, rng: np
         start += n
         regions.append(native_ops.pack_kv_region(prec, k, v, cells, n_threads=os.cpu_count() or 1))
     tail_k, tail_v = k[:, :1], v[:, :1]  # the token being decoded
-    r = native_ops.attn_cuda_bench(q, regions, n_head_kv=h_kv, kq_scale=d**-0.5, tail_k=tail_k, tail_v=tail_v,
-                                   n_iters=n_iters)  # fmt: skip
     kv_bytes = sum(len(x.k) + len(x.v) for x in regions)
-    return {"ms": r["ms"], "bytes_read": r["bytes_read"], "kv_bytes": kv_bytes,
-            "attn_kernel_gbps": r["attn_kernel_gbps"], "copy_gbps": r["copy_gbps"]}  # fmt: skip
+    out = []
+    for order in orders:
+        if order is None:
+            os.environ.pop("COCKTAIL_UNIT_ORDER", None)
+        else:
+            os.environ["COCKTAIL_UNIT_ORDER"] = order
+        r = native_ops.attn_cuda_bench(q, regions, n_head_kv=h_kv, kq_scale=d**-0.5, tail_k=tail_k,
+                                       tail_v=tail_v, n_iters=n_iters)  # fmt: skip
+        out.append({"ms": r["ms"], "bytes_read": r["bytes_read"], "kv_bytes": kv_bytes, "order": order,
+                    "attn_kernel_gbps": r["attn_kernel_gbps"], "copy_gbps": r["copy_gbps"]})  # fmt: skip
+    return out
 
 
 def main() -> int:
@@ -58,39 +72,47 @@ def main() -> int:
     p.add_argument("--depths", nargs="+", type=int, default=[8192, 32768, 65536])
     p.add_argument("--mixes", nargs="+", default=list(MIXES), choices=list(MIXES))
     p.add_argument("--iters", type=int, default=100)
+    p.add_argument("--orders", nargs="+", choices=ORDERS,
+                   help="unit orders to time (COCKTAIL_UNIT_ORDER; default: the kernels')")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("bench/results/attn_cuda.json"))
     args = p.parse_args()
     rng = np.random.default_rng(0)
+    orders: list[str | None] = list(args.orders) if args.orders else [None]
     records = []
     for shape in args.shapes:
         for depth in args.depths:
             for name in args.mixes:
-                m = measure(shape, depth, MIXES[name], args.iters, rng)
-                base = {"model": f"{shape}-shape-layer", "backend": "cuda", "kv_mode": "cocktail",
-                        "impl": "ours", "mix": MIXES[name], "mix_name": name, "depth": depth,
-                        "kv_bytes": m["kv_bytes"], "n_runs": args.iters}  # fmt: skip
-                records.append({**base, "metric": "attn_kernel_ms", "value": m["ms"]})
-                records.append({**base, "metric": "attn_kernel_gbps", "value": m["attn_kernel_gbps"],
-                                "bytes_read": m["bytes_read"]})  # fmt: skip
-                records.append({**base, "metric": "copy_gbps", "value": m["copy_gbps"]})
-                share = 100 * m["attn_kernel_gbps"] / m["copy_gbps"]
-                print(f"{shape:10s} {depth:6d} {name:8s} {m['ms'] * 1000:8.1f} us  "
-                      f"{m['kv_bytes'] / 2**20:7.2f} MiB  {m['attn_kernel_gbps']:7.1f} GB/s  "
-                      f"({share:.0f} % of copy {m['copy_gbps']:.0f} GB/s)", flush=True)  # fmt: skip
+                for m in measure(shape, depth, MIXES[name], args.iters, rng, orders):
+                    base = {"model": f"{shape}-shape-layer", "backend": "cuda", "kv_mode": "cocktail",
+                            "impl": "ours", "mix": MIXES[name], "mix_name": name, "depth": depth,
+                            "kv_bytes": m["kv_bytes"], "n_runs": args.iters}  # fmt: skip
+                    if m["order"] is not None:
+                        base["unit_order"] = m["order"]
+                    records.append({**base, "metric": "attn_kernel_ms", "value": m["ms"]})
+                    records.append({**base, "metric": "attn_kernel_gbps", "value": m["attn_kernel_gbps"],
+                                    "bytes_read": m["bytes_read"]})  # fmt: skip
+                    records.append({**base, "metric": "copy_gbps", "value": m["copy_gbps"]})
+                    share = 100 * m["attn_kernel_gbps"] / m["copy_gbps"]
+                    print(f"{shape:10s} {depth:6d} {name:8s} {m['order'] or '':8s} {m['ms'] * 1000:8.1f} us  "
+                          f"{m['kv_bytes'] / 2**20:7.2f} MiB  {m['attn_kernel_gbps']:7.1f} GB/s  "
+                          f"({share:.0f} % of copy {m['copy_gbps']:.0f} GB/s)", flush=True)  # fmt: skip
     doc = kv_bench.result_document("attn_cuda", records, "python " + " ".join(sys.argv))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     head = f"# attn_cuda\n\ncommit {doc['commit']}, {doc['machine']}, {doc['date']}\n\n`{doc['command']}`\n"
+    with_order = args.orders is not None
     lines = [head,
-             "| shape (one layer) | depth | mix | KV MiB | kernel µs | GB/s | % of copy |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    by = {(r["model"], r["depth"], r["mix_name"], r["metric"]): r for r in records}
-    for (model, depth, mix, metric), r in by.items():
+             "| shape (one layer) | depth | mix |" + (" unit order |" if with_order else "")
+             + " KV MiB | kernel µs | GB/s | % of copy |",
+             "|---|---|---|" + ("---|" if with_order else "") + "---|---|---|---|"]  # fmt: skip
+    by = {(r["model"], r["depth"], r["mix_name"], r.get("unit_order"), r["metric"]): r for r in records}
+    for (model, depth, mix, order, metric), r in by.items():
         if metric != "attn_kernel_ms":
             continue
-        gbps = by[(model, depth, mix, "attn_kernel_gbps")]["value"]
-        copy = by[(model, depth, mix, "copy_gbps")]["value"]
-        lines.append(f"| {model} | {depth} | {mix} | {r['kv_bytes'] / 2**20:.2f} | {1000 * r['value']:.1f} | "
+        gbps = by[(model, depth, mix, order, "attn_kernel_gbps")]["value"]
+        copy = by[(model, depth, mix, order, "copy_gbps")]["value"]
+        lines.append(f"| {model} | {depth} | {mix} |" + (f" {order} |" if with_order else "")
+                     + f" {r['kv_bytes'] / 2**20:.2f} | {1000 * r['value']:.1f} | "
                      f"{gbps:.0f} | {100 * gbps / copy:.0f} % |")  # fmt: skip
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return 0

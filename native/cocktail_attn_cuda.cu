@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -775,8 +776,23 @@ int launch_merge(const Params & p,
     return COCKTAIL_OK;
 }
 
+// The order in which the warps take their units (UnitOrder): COCKTAIL_UNIT_ORDER=forward|rotated|zigzag in the
+// environment, for measuring them (bench/attn_order.py), else zig-zag.
+int unit_order(int & order) {
+    const char *      env = std::getenv("COCKTAIL_UNIT_ORDER");
+    const std::string v   = env != nullptr ? env : "";
+    order                 = v == "forward" ? kForward : v == "rotated" ? kRotated : kZigZag;
+    if (!v.empty() && v != "forward" && v != "rotated" && v != "zigzag") {
+        return fail(COCKTAIL_EINVAL, "COCKTAIL_UNIT_ORDER=" + v + ": forward, rotated or zigzag");
+    }
+    return COCKTAIL_OK;
+}
+
 // The partial kernel over p (head_dim D, checked by graph_params), at most max_splits token splits.
 int run(int D, Params & p, cudaStream_t stream, int max_splits) {
+    if (int rc = unit_order(p.order); rc != COCKTAIL_OK) {
+        return rc;
+    }
     const int  gs = plan_launch(p, D, max_splits);
     const dim3 grid(p.n_head_kv * p.n_gblocks, p.n_splits, p.n_q);
     void *     args[] = { &p };

@@ -44,6 +44,7 @@ struct Params {
     const int32_t * q_seq;     // sequence of each query token (device), or nullptr: every segment is for every token
     float *         part_acc;  // [n_q][n_head][n_splits][D]
     float2 *        part_ml;   // [n_q][n_head][n_splits]: running max, sum of exp
+    int             order;     // UnitOrder: in which order a warp takes its units (for_each_unit)
 };
 
 __device__ __forceinline__ float h2f(const uint8_t * p) {
@@ -167,27 +168,36 @@ struct WarpStages {
     }
 };
 
+// Orders in which a warp takes its units (Params::order; the dealing is the same): forward; rotated (warp slot k
+// starts at its (k % count)-th unit and wraps around); zig-zag (odd slots backward). The regions come in segment
+// order (F16 first): forward, every warp reads the F16 units (bandwidth-bound) at the start and the quantized ones
+// (instruction-bound) after; rotated or zig-zag, both kinds run side by side all along (zig-zag with two windows
+// of a head's memory in use at a time, rotated with one per warp). bench/NOTES.md has the measurements.
+enum UnitOrder { kForward = 0, kRotated = 1, kZigZag = 2 };
+
 // Calls f(segment, unit, next, next_unit) for this warp's units of the block's split, skipping other sequences'
 // regions; next is the index in p.seg of the warp's following unit (-1 after the last one), next_unit its unit. Units
 // are dealt round-robin over the splits, then over the block's warps, so that every block gets its share of each
-// region (an F16 unit reads 5x the bytes of a Q2 one) and one wave of equal blocks stays balanced. Warp slot k takes
-// its units starting at its (k % count)-th one and wraps around: the regions come in segment order (F16 first), so
-// that without the rotation every warp would read the F16 units (bandwidth-bound) at the start and the quantized
-// ones (instruction-bound) after; rotated, both kinds run side by side all along.
+// region (an F16 unit reads 5x the bytes of a Q2 one) and one wave of equal blocks stays balanced; p.order says in
+// which order the warp takes its own.
 template <class F>
 __device__ __forceinline__ void for_each_unit(const Params & p, int qi, int split, int warp, F && f) {
     const int  q_seq = p.q_seq != nullptr ? p.q_seq[qi] : -1;
     const int  step = p.n_splits * kWarps, k = split + p.n_splits * warp;
-    const int  count = k < p.n_units ? (p.n_units - 1 - k) / step + 1 : 0;  // this slot's units k + m step
-    const int  m0    = count > 0 ? k % count : 0;
-    int        si    = 0;
-    // the unit at position j of this slot's rotated order, or later if the query token does not see it; -1: none
-    const auto from  = [&](int j) {
+    const int  count   = k < p.n_units ? (p.n_units - 1 - k) / step + 1 : 0;  // this slot's units k + m step
+    const int  m0      = p.order == kRotated && count > 0 ? k % count : 0;
+    const bool back    = p.order == kZigZag && (k & 1) != 0;
+    const auto unit_at = [&](int j) {  // the unit at position j of this slot's order
+        const int m = back ? count - 1 - j : m0 + j < count ? m0 + j : m0 + j - count;
+        return k + m * step;
+    };
+    int        si   = 0;
+    // the first position from j on whose unit the query token sees (si: its segment); -1: none
+    const auto from = [&](int j) {
         for (; j < count; ++j) {
-            const int m = m0 + j < count ? m0 + j : m0 + j - count;
-            const int u = k + m * step;
-            if (p.seg[si].unit0 > u) {  // wrapped around
-                si = 0;
+            const int u = unit_at(j);
+            while (si > 0 && p.seg[si].unit0 > u) {
+                --si;
             }
             while (si + 1 < p.n_segments && p.seg[si + 1].unit0 <= u) {
                 ++si;
@@ -197,10 +207,6 @@ __device__ __forceinline__ void for_each_unit(const Params & p, int qi, int spli
             }
         }
         return -1;
-    };
-    const auto unit_at = [&](int j) {
-        const int m = m0 + j < count ? m0 + j : m0 + j - count;
-        return k + m * step;
     };
     int j  = from(0);
     int su = si;
