@@ -776,24 +776,30 @@ int launch_merge(const Params & p,
     return COCKTAIL_OK;
 }
 
-// The order in which the warps take their units (UnitOrder): COCKTAIL_UNIT_ORDER=forward|rotated|zigzag in the
-// environment, for measuring them (bench/attn_order.py), else zig-zag.
-int unit_order(int & order) {
+// The order in which the warps take their units (UnitOrder) for the kernel of gs query heads per block: rotated
+// for the tensor-core kernel, forward for the scalar one (bench/results/attn_cuda_orders_784a12e.md: at 64K the
+// Llama-3 mix takes 55.5 us rotated, 57.1 zig-zag, 62.4 forward; the Llama-2 mix 161.8 forward, 166.0 zig-zag,
+// 188.1 rotated). COCKTAIL_UNIT_ORDER=forward|rotated|zigzag in the environment sets it for both, for measuring.
+int unit_order(int gs, int & order) {
     const char *      env = std::getenv("COCKTAIL_UNIT_ORDER");
     const std::string v   = env != nullptr ? env : "";
-    order                 = v == "forward" ? kForward : v == "rotated" ? kRotated : kZigZag;
-    if (!v.empty() && v != "forward" && v != "rotated" && v != "zigzag") {
+    if (v.empty()) {
+        order = gs == kMmaRows ? kRotated : kForward;
+        return COCKTAIL_OK;
+    }
+    if (v != "forward" && v != "rotated" && v != "zigzag") {
         return fail(COCKTAIL_EINVAL, "COCKTAIL_UNIT_ORDER=" + v + ": forward, rotated or zigzag");
     }
+    order = v == "forward" ? kForward : v == "rotated" ? kRotated : kZigZag;
     return COCKTAIL_OK;
 }
 
 // The partial kernel over p (head_dim D, checked by graph_params), at most max_splits token splits.
 int run(int D, Params & p, cudaStream_t stream, int max_splits) {
-    if (int rc = unit_order(p.order); rc != COCKTAIL_OK) {
+    const int gs = plan_launch(p, D, max_splits);
+    if (int rc = unit_order(gs, p.order); rc != COCKTAIL_OK) {
         return rc;
     }
-    const int  gs = plan_launch(p, D, max_splits);
     const dim3 grid(p.n_head_kv * p.n_gblocks, p.n_splits, p.n_q);
     void *     args[] = { &p };
     cudaLaunchKernel(partial_kernel(D, gs), grid, dim3(kWarps * 32), args, partial_smem(D, gs), stream);
