@@ -95,6 +95,26 @@ def test_many_units_per_warp_with_later_maxima(group: int, head_dim: int) -> Non
 
 
 @needs_cuda
+@pytest.mark.parametrize("order", ["forward", "rotated", "zigzag"])
+@pytest.mark.parametrize("group", [1, 4])
+def test_every_unit_order(order: str, group: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """COCKTAIL_UNIT_ORDER (the order in which a warp takes its units; the kernels default to forward or
+    rotated) changes only the order of the sums: each order against the reference and the CPU op, with ~8
+    units per warp, several regions of each precision, 8 query tokens and the tail."""
+    monkeypatch.setenv("COCKTAIL_UNIT_ORDER", order)
+    _check(cpu.Case(128, 8, group, 32, 6000, "random", 33, 8, False, False, 1.0, 2, seed=400 + group))
+
+
+@needs_cuda
+def test_unknown_unit_order_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COCKTAIL_UNIT_ORDER", "sideways")
+    c = cpu.Case(64, 2, 1, 32, 300, "random", 3, 1, False, False, 1.0, 2, seed=5)
+    b = cpu._build(c)
+    with pytest.raises(_native.NativeError, match="COCKTAIL_UNIT_ORDER=sideways"):
+        _cuda(b, c, cpu._regions(b, c, None))
+
+
+@needs_cuda
 def test_many_regions_and_rows_that_see_nothing() -> None:
     c = cpu.Case(128, 2, 4, 32, 600, "random", 9, 3, False, False, 1.0, 2, seed=91)
     b = cpu._build(c)
