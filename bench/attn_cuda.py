@@ -6,7 +6,7 @@ and precision mix. Run on the GPU machine against a CUDA build:
 
 (COCKTAIL_COMMIT: the commit to record where the tree is no current git checkout, e.g. on the device machine.
 `--orders forward rotated zigzag` times each packed layer under each order in which the warps can take their
-units, through COCKTAIL_UNIT_ORDER.)
+units, through COCKTAIL_UNIT_ORDER; without it a COCKTAIL_UNIT_ORDER already set is used and recorded.)
 
 The kernel alone; decode tokens/s of whole models with it in llama.cpp's graph: bench/tpot_gpu.py.
 """
@@ -40,7 +40,8 @@ ORDERS = ("forward", "rotated", "zigzag")  # COCKTAIL_UNIT_ORDER: in which order
 
 def measure(shape: str, depth: int, mix: dict[str, float], n_iters: int, rng: np.random.Generator,
             orders: list[str | None]) -> list[dict]:  # fmt: skip
-    """One packed layer, timed under each unit order (None: the kernels' default)."""
+    """One packed layer, timed under each unit order (None: COCKTAIL_UNIT_ORDER as the caller set it, or the
+    kernels' default)."""
     h_kv, group, d = SHAPES[shape]
     k = rng.standard_normal((h_kv, depth, d)).astype(np.float16)
     v = rng.standard_normal((h_kv, depth, d)).astype(np.float16)
@@ -55,13 +56,12 @@ def measure(shape: str, depth: int, mix: dict[str, float], n_iters: int, rng: np
     kv_bytes = sum(len(x.k) + len(x.v) for x in regions)
     out = []
     for order in orders:
-        if order is None:
-            os.environ.pop("COCKTAIL_UNIT_ORDER", None)
-        else:
+        if order is not None:
             os.environ["COCKTAIL_UNIT_ORDER"] = order
         r = native_ops.attn_cuda_bench(q, regions, n_head_kv=h_kv, kq_scale=d**-0.5, tail_k=tail_k,
                                        tail_v=tail_v, n_iters=n_iters)  # fmt: skip
-        out.append({"ms": r["ms"], "bytes_read": r["bytes_read"], "kv_bytes": kv_bytes, "order": order,
+        out.append({"ms": r["ms"], "bytes_read": r["bytes_read"], "kv_bytes": kv_bytes,
+                    "order": order or os.environ.get("COCKTAIL_UNIT_ORDER"),
                     "attn_kernel_gbps": r["attn_kernel_gbps"], "copy_gbps": r["copy_gbps"]})  # fmt: skip
     return out
 
@@ -100,7 +100,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     head = f"# attn_cuda\n\ncommit {doc['commit']}, {doc['machine']}, {doc['date']}\n\n`{doc['command']}`\n"
-    with_order = args.orders is not None
+    with_order = any("unit_order" in r for r in records)
     lines = [head,
              "| shape (one layer) | depth | mix |" + (" unit order |" if with_order else "")
              + " KV MiB | kernel µs | GB/s | % of copy |",

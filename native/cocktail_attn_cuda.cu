@@ -779,7 +779,9 @@ int launch_merge(const Params & p,
 // The order in which the warps take their units (UnitOrder) for the kernel of gs query heads per block: rotated
 // for the tensor-core kernel, forward for the scalar one (bench/results/attn_cuda_orders_784a12e.md: at 64K the
 // Llama-3 mix takes 55.5 us rotated, 57.1 zig-zag, 62.4 forward; the Llama-2 mix 161.8 forward, 166.0 zig-zag,
-// 188.1 rotated). COCKTAIL_UNIT_ORDER=forward|rotated|zigzag in the environment sets it for both, for measuring.
+// 188.1 rotated). COCKTAIL_UNIT_ORDER=forward|rotated|zigzag in the environment sets it for both, for measuring:
+// read at each launch, so a captured CUDA graph keeps the order it was captured with (and, like any getenv, not
+// to be changed from another thread while a launch runs).
 int unit_order(int gs, int & order) {
     const char *      env = std::getenv("COCKTAIL_UNIT_ORDER");
     const std::string v   = env != nullptr ? env : "";

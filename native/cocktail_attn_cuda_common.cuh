@@ -172,8 +172,9 @@ struct WarpStages {
 // starts at its (k % count)-th unit and wraps around); zig-zag (odd slots backward). The regions come in segment
 // order (F16 first): forward, every warp reads the F16 units (bandwidth-bound) at the start and the quantized ones
 // (instruction-bound) after; rotated or zig-zag, both kinds run side by side all along, with the warps' reads
-// spread over the whole region (rotated) or over two windows per head (zig-zag). Which is faster depends on the
-// kernel (unit_order in cocktail_attn_cuda.cu; bench/NOTES.md has the measurements).
+// spread over the region (rotated: over all of it while a slot has at most S units, over its first S units of
+// each slot beyond that) or over two windows per head (zig-zag). Which is faster depends on the kernel
+// (unit_order in cocktail_attn_cuda.cu; bench/NOTES.md has the measurements).
 enum UnitOrder { kForward = 0, kRotated = 1, kZigZag = 2 };
 
 // Calls f(segment, unit, next, next_unit) for this warp's units of the block's split, skipping other sequences'
