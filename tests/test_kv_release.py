@@ -76,7 +76,10 @@ def test_cache_shrinks_after_compaction_and_answers_do_not_change(
     # 10 steps, at least 5 of them as long as their median: 5 medians fit in the whole decode
     assert 0 < 5 * ans.timings["decode_step_median_s"] <= ans.timings["decode_s"]
     assert ans.tokens == ref.tokens
-    assert np.array_equal(ans.logits, ref.logits)  # the tail moved in order: identical sums
+    # Bit-for-bit equal on the machine this test was written on; on an AVX-512 EPYC (2026-11-25, and there
+    # already at 9d11c3f) up to 2e-4 apart from the second step on: a last-bit difference in an attention sum
+    # can move an activation's fp16 rounding before the next f16-weight product. The tokens stay exact.
+    assert np.max(np.abs(ans.logits - ref.logits)) <= 1e-3
 
     lp = llm.next_token_logprobs(more)
     grown = segmented_cache.kv_cells(llm._ctx.ctx)
