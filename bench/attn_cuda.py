@@ -6,7 +6,9 @@ and precision mix. Run on the GPU machine against a CUDA build:
 
 (COCKTAIL_COMMIT: the commit to record where the tree is no current git checkout, e.g. on the device machine.
 `--orders forward rotated zigzag` times each packed layer under each order in which the warps can take their
-units, through COCKTAIL_UNIT_ORDER; without it a COCKTAIL_UNIT_ORDER already set is used and recorded.)
+units, through COCKTAIL_UNIT_ORDER; `--mha-kernels auto mma scalar` under each choice of kernel for one query
+head per KV head, through COCKTAIL_MHA_KERNEL (both: every pair). Without them a setting already in the
+environment is used and recorded. `--mixes` also takes F16-heavier mixes than the default four.)
 
 The kernel alone; decode tokens/s of whole models with it in llama.cpp's graph: bench/tpot_gpu.py.
 """
@@ -32,16 +34,34 @@ MIXES = {
     "all-q2": {"f16": 0.0, "q4": 0.0, "q2": 1.0},
     "all-q4": {"f16": 0.0, "q4": 1.0, "q2": 0.0},
     "all-f16": {"f16": 1.0, "q4": 0.0, "q2": 0.0},
+    # more F16 (only where asked for with --mixes): where the MHA kernels cross over
+    "25/25/50": {"f16": 0.25, "q4": 0.25, "q2": 0.5},
+    "50/20/30": {"f16": 0.5, "q4": 0.2, "q2": 0.3},
+    "75/10/15": {"f16": 0.75, "q4": 0.1, "q2": 0.15},
 }
 
 
-ORDERS = ("forward", "rotated", "zigzag")  # COCKTAIL_UNIT_ORDER: in which order a warp takes its units
+# what the kernels read from the environment at each launch, for measuring: field -> (variable, values);
+# unit_order: in which order a warp takes its units; mha_kernel: the kernel for one query head per KV head
+SETTINGS = {
+    "unit_order": ("COCKTAIL_UNIT_ORDER", ("forward", "rotated", "zigzag")),
+    "mha_kernel": ("COCKTAIL_MHA_KERNEL", ("auto", "mma", "scalar")),
+}
+
+
+def variants(chosen: dict[str, list[str] | None]) -> list[dict[str, str]]:
+    """Every combination of the chosen values ({} where none is chosen: the environment as it is)."""
+    out: list[dict[str, str]] = [{}]
+    for field, values in chosen.items():
+        if values:
+            out = [{**v, field: x} for v in out for x in values]
+    return out
 
 
 def measure(shape: str, depth: int, mix: dict[str, float], n_iters: int, rng: np.random.Generator,
-            orders: list[str | None]) -> list[dict]:  # fmt: skip
-    """One packed layer, timed under each unit order (None: COCKTAIL_UNIT_ORDER as the caller set it, or the
-    kernels' default)."""
+            settings: list[dict[str, str]]) -> list[dict]:  # fmt: skip
+    """One packed layer, timed under each of `settings` (record field -> value, set in the environment; a
+    field not given keeps what the caller's environment has, and is recorded where set)."""
     h_kv, group, d = SHAPES[shape]
     k = rng.standard_normal((h_kv, depth, d)).astype(np.float16)
     v = rng.standard_normal((h_kv, depth, d)).astype(np.float16)
@@ -55,13 +75,13 @@ def measure(shape: str, depth: int, mix: dict[str, float], n_iters: int, rng: np
     tail_k, tail_v = k[:, :1], v[:, :1]  # the token being decoded
     kv_bytes = sum(len(x.k) + len(x.v) for x in regions)
     out = []
-    for order in orders:
-        if order is not None:
-            os.environ["COCKTAIL_UNIT_ORDER"] = order
+    for setting in settings:
+        for field, value in setting.items():
+            os.environ[SETTINGS[field][0]] = value
         r = native_ops.attn_cuda_bench(q, regions, n_head_kv=h_kv, kq_scale=d**-0.5, tail_k=tail_k,
                                        tail_v=tail_v, n_iters=n_iters)  # fmt: skip
-        out.append({"ms": r["ms"], "bytes_read": r["bytes_read"], "kv_bytes": kv_bytes,
-                    "order": order or os.environ.get("COCKTAIL_UNIT_ORDER"),
+        env = {f: os.environ[var] for f, (var, _) in SETTINGS.items() if os.environ.get(var)}
+        out.append({"ms": r["ms"], "bytes_read": r["bytes_read"], "kv_bytes": kv_bytes, "settings": env,
                     "attn_kernel_gbps": r["attn_kernel_gbps"], "copy_gbps": r["copy_gbps"]})  # fmt: skip
     return out
 
@@ -70,48 +90,51 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--depths", nargs="+", type=int, default=[8192, 32768, 65536])
-    p.add_argument("--mixes", nargs="+", default=list(MIXES), choices=list(MIXES))
+    p.add_argument("--mixes", nargs="+", default=list(MIXES)[:4], choices=list(MIXES))
     p.add_argument("--iters", type=int, default=100)
-    p.add_argument("--orders", nargs="+", choices=ORDERS,
+    p.add_argument("--orders", nargs="+", choices=SETTINGS["unit_order"][1],
                    help="unit orders to time (COCKTAIL_UNIT_ORDER; default: the kernels')")  # fmt: skip
+    p.add_argument("--mha-kernels", nargs="+", choices=SETTINGS["mha_kernel"][1],
+                   help="kernels to time for one query head per KV head (COCKTAIL_MHA_KERNEL)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("bench/results/attn_cuda.json"))
     args = p.parse_args()
     rng = np.random.default_rng(0)
-    orders: list[str | None] = list(args.orders) if args.orders else [None]
+    settings = variants({"unit_order": args.orders, "mha_kernel": args.mha_kernels})
     records = []
     for shape in args.shapes:
         for depth in args.depths:
             for name in args.mixes:
-                for m in measure(shape, depth, MIXES[name], args.iters, rng, orders):
+                for m in measure(shape, depth, MIXES[name], args.iters, rng, settings):
                     base = {"model": f"{shape}-shape-layer", "backend": "cuda", "kv_mode": "cocktail",
                             "impl": "ours", "mix": MIXES[name], "mix_name": name, "depth": depth,
                             "kv_bytes": m["kv_bytes"], "n_runs": args.iters}  # fmt: skip
-                    if m["order"] is not None:
-                        base["unit_order"] = m["order"]
+                    base.update(m["settings"])
                     records.append({**base, "metric": "attn_kernel_ms", "value": m["ms"]})
                     records.append({**base, "metric": "attn_kernel_gbps", "value": m["attn_kernel_gbps"],
                                     "bytes_read": m["bytes_read"]})  # fmt: skip
                     records.append({**base, "metric": "copy_gbps", "value": m["copy_gbps"]})
                     share = 100 * m["attn_kernel_gbps"] / m["copy_gbps"]
-                    print(f"{shape:10s} {depth:6d} {name:8s} {m['order'] or '':8s} {m['ms'] * 1000:8.1f} us  "
+                    tag = " ".join(m["settings"].values())
+                    print(f"{shape:10s} {depth:6d} {name:8s} {tag:14s} {m['ms'] * 1000:8.1f} us  "
                           f"{m['kv_bytes'] / 2**20:7.2f} MiB  {m['attn_kernel_gbps']:7.1f} GB/s  "
                           f"({share:.0f} % of copy {m['copy_gbps']:.0f} GB/s)", flush=True)  # fmt: skip
     doc = kv_bench.result_document("attn_cuda", records, "python " + " ".join(sys.argv))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     head = f"# attn_cuda\n\ncommit {doc['commit']}, {doc['machine']}, {doc['date']}\n\n`{doc['command']}`\n"
-    with_order = any("unit_order" in r for r in records)
+    shown = [f for f in SETTINGS if any(f in r for r in records)]  # the settings that were set
     lines = [head,
-             "| shape (one layer) | depth | mix |" + (" unit order |" if with_order else "")
+             "| shape (one layer) | depth | mix |" + "".join(f" {f.replace('_', ' ')} |" for f in shown)
              + " KV MiB | kernel µs | GB/s | % of copy |",
-             "|---|---|---|" + ("---|" if with_order else "") + "---|---|---|---|"]  # fmt: skip
-    by = {(r["model"], r["depth"], r["mix_name"], r.get("unit_order"), r["metric"]): r for r in records}
-    for (model, depth, mix, order, metric), r in by.items():
-        if metric != "attn_kernel_ms":
+             "|---|---|---|" + "---|" * len(shown) + "---|---|---|---|"]  # fmt: skip
+    keys = [(r["model"], r["depth"], r["mix_name"], *(r.get(f) for f in shown), r["metric"]) for r in records]
+    by = dict(zip(keys, records, strict=True))
+    for key, r in by.items():
+        if key[-1] != "attn_kernel_ms":
             continue
-        gbps = by[(model, depth, mix, order, "attn_kernel_gbps")]["value"]
-        copy = by[(model, depth, mix, order, "copy_gbps")]["value"]
-        lines.append(f"| {model} | {depth} | {mix} |" + (f" {order} |" if with_order else "")
+        gbps = by[(*key[:-1], "attn_kernel_gbps")]["value"]
+        copy = by[(*key[:-1], "copy_gbps")]["value"]
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} |" + "".join(f" {x} |" for x in key[3:-1])
                      + f" {r['kv_bytes'] / 2**20:.2f} | {1000 * r['value']:.1f} | "
                      f"{gbps:.0f} | {100 * gbps / copy:.0f} % |")  # fmt: skip
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")

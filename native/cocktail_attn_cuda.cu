@@ -659,29 +659,76 @@ constexpr int max_group_size(int D) {
 // GQA groups of this size and more run on the tensor-core kernel (attn_partial_mma), where head_dim allows.
 constexpr int kMmaMinGroup = 4;
 
-// Query heads per block: kMmaRows selects the tensor-core kernel (partial_kernel), anything else the scalar one.
-int group_size(int group, int D) {
-    if (group >= kMmaMinGroup && mma_head_dim(D)) {
-        return kMmaRows;
+// The partial kernel of a launch: gs query heads per block, on tensor cores (attn_partial_mma: gs = kMmaRows for GQA
+// groups, 1 for MHA) or not (attn_partial<D, gs>).
+struct Kernel {
+    int  gs;
+    bool mma;
+};
+
+// Which kernel runs MHA (one query head per KV head), where head_dim allows the tensor-core kernel's one-head
+// variant: COCKTAIL_MHA_KERNEL=auto (the default), mma or scalar, read at each launch (for measuring, as
+// COCKTAIL_UNIT_ORDER: unit_order). The scalar kernel is faster on Q4 / Q2 units, the tensor-core one on F16 and
+// tail units (bench/results/attn_cuda_mha_*.md: Llama-2 shape at 32K, all-F16 201 against 232 us, all-Q2 73
+// against 67); auto takes the tensor-core kernel where F16 and tail tokens are at least kMmaF16Share of the launch's.
+enum MhaKernel { kMhaAuto, kMhaMma, kMhaScalar };
+
+constexpr double kMmaF16Share = 0.5;
+
+int mha_kernel(MhaKernel & k) {
+    const char *      env = std::getenv("COCKTAIL_MHA_KERNEL");
+    const std::string v   = env != nullptr ? env : "";
+    k                     = v == "mma" ? kMhaMma : v == "scalar" ? kMhaScalar : kMhaAuto;
+    if (!v.empty() && v != "auto" && v != "mma" && v != "scalar") {
+        return fail(COCKTAIL_EINVAL, "COCKTAIL_MHA_KERNEL=" + v + ": auto, mma or scalar");
+    }
+    return COCKTAIL_OK;
+}
+
+// The share of p's tokens in F16 regions and the tail.
+double f16_share(const Params & p) {
+    double all = 0.0, f16 = 0.0;
+    for (int i = 0; i < p.n_segments; ++i) {
+        all += p.seg[i].n_tokens;
+        f16 += p.seg[i].kind == kF16 || p.seg[i].kind == kTail ? p.seg[i].n_tokens : 0;
+    }
+    return all > 0.0 ? f16 / all : 0.0;
+}
+
+// The kernel for p's query heads per KV head, head_dim D and (MHA) F16 share; rc: mha_kernel's (on an error, the
+// kernel that auto would take).
+Kernel choose_kernel(const Params & p, int D, int & rc) {
+    rc = COCKTAIL_OK;
+    if (!mma_head_dim(D)) {
+        // (scalar kernel below)
+    } else if (p.group >= kMmaMinGroup) {
+        return { kMmaRows, true };
+    } else if (p.group == 1) {
+        MhaKernel mk = kMhaAuto;
+        rc           = mha_kernel(mk);
+        if (mk == kMhaMma || (mk == kMhaAuto && f16_share(p) >= kMmaF16Share)) {
+            return { 1, true };
+        }
     }
     const int cap = max_group_size(D);
     int       gs  = 1;
-    while (gs < group && gs < cap) {
+    while (gs < p.group && gs < cap) {
         gs *= 2;
     }
-    return gs;
+    return { gs, false };
 }
 
-template <int D> const void * partial_kernel_d(int gs) {
+template <int D> const void * partial_kernel_d(Kernel k) {
     if constexpr (mma_head_dim(D)) {
-        if (gs == kMmaRows) {
-            return reinterpret_cast<const void *>(&attn_partial_mma<D>);
+        if (k.mma) {
+            return k.gs == 1 ? reinterpret_cast<const void *>(&attn_partial_mma<D, true>) :
+                               reinterpret_cast<const void *>(&attn_partial_mma<D, false>);
         }
     }
-    if (gs == 1) {
+    if (k.gs == 1) {
         return reinterpret_cast<const void *>(&attn_partial<D, 1>);
     }
-    if (gs == 2) {
+    if (k.gs == 2) {
         return reinterpret_cast<const void *>(&attn_partial<D, 2>);
     }
     if constexpr (max_group_size(D) >= 4) {
@@ -690,52 +737,53 @@ template <int D> const void * partial_kernel_d(int gs) {
     return nullptr;
 }
 
-// The partial kernel for head_dim D (supported) and gs = group_size(...).
-const void * partial_kernel(int D, int gs) {
+// The partial kernel for head_dim D (supported) and k = choose_kernel(...).
+const void * partial_kernel(int D, Kernel k) {
     switch (D) {
         case 32:
-            return partial_kernel_d<32>(gs);
+            return partial_kernel_d<32>(k);
         case 64:
-            return partial_kernel_d<64>(gs);
+            return partial_kernel_d<64>(k);
         case 128:
-            return partial_kernel_d<128>(gs);
+            return partial_kernel_d<128>(k);
         default:
-            return partial_kernel_d<256>(gs);
+            return partial_kernel_d<256>(k);
     }
 }
 
-// Dynamic shared memory of the partial kernel (D, gs): the tensor-core kernel's tables, none for the scalar one.
-size_t partial_smem(int D, int gs) {
-    if (gs != kMmaRows || !mma_head_dim(D)) {
+// Dynamic shared memory of the partial kernel (D, k): the tensor-core kernel's tables, none for the scalar one.
+size_t partial_smem(int D, Kernel k) {
+    if (!k.mma || !mma_head_dim(D)) {
         return 0;
     }
     return D == 32 ? sizeof(MmaShared<32>) : D == 64 ? sizeof(MmaShared<64>) : sizeof(MmaShared<128>);
 }
 
-// Blocks of the partial kernel (D, gs) the whole current device holds at once (SMs x blocks per SM), cached per
+// Blocks of the partial kernel (D, k) the whole current device holds at once (SMs x blocks per SM), cached per
 // device: the launch plan asks for it on every call, before every launch, so the first call on a device also
 // raises the kernel's dynamic shared-memory limit there.
-int resident_blocks(int D, int gs) {
+int resident_blocks(int D, Kernel k) {
     constexpr int           kMaxDevices = 16;
-    static std::atomic<int> cache[kMaxDevices][4][kMmaRows + 1];
+    static std::atomic<int> cache[kMaxDevices][4][kMmaRows + 1][2];
     int                     dev = 0;
     cudaGetDevice(&dev);
     const int di = D == 32 ? 0 : D == 64 ? 1 : D == 128 ? 2 : 3;
     if (dev >= kMaxDevices) {
         dev = kMaxDevices - 1;  // only a plan: a wrong cached value costs speed, not correctness
     }
-    int n = cache[dev][di][gs].load(std::memory_order_relaxed);
+    std::atomic<int> & slot = cache[dev][di][k.gs][k.mma ? 1 : 0];
+    int                n    = slot.load(std::memory_order_relaxed);
     if (n == 0) {
         int          n_sm = 0, per_sm = 0;
-        const size_t smem = partial_smem(D, gs);
+        const size_t smem = partial_smem(D, k);
         cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev);
         if (smem > 0) {
-            cudaFuncSetAttribute(partial_kernel(D, gs), cudaFuncAttributeMaxDynamicSharedMemorySize,
+            cudaFuncSetAttribute(partial_kernel(D, k), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  static_cast<int>(smem));
         }
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, partial_kernel(D, gs), kWarps * 32, smem);
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, partial_kernel(D, k), kWarps * 32, smem);
         n = std::max(1, n_sm * per_sm);
-        cache[dev][di][gs].store(n, std::memory_order_relaxed);
+        slot.store(n, std::memory_order_relaxed);
     }
     return n;
 }
@@ -744,16 +792,14 @@ bool head_dim_supported(int D) {
     return D == 32 || D == 64 || D == 128 || D == 256;
 }
 
-// Fills p.n_gblocks and p.n_splits (at most max_splits); returns the query heads per block.
+// Fills p.n_gblocks and p.n_splits (at most max_splits) for kernel k.
 // Splits: one wave of blocks over the whole GPU (every block's work is alike, so one wave balances), at least one
 // unit per warp.
-int plan_launch(Params & p, int D, int max_splits) {
-    const int gs          = group_size(p.group, D);
-    p.n_gblocks           = (p.group + gs - 1) / gs;
+void plan_launch(Params & p, int D, Kernel k, int max_splits) {
+    p.n_gblocks           = (p.group + k.gs - 1) / k.gs;
     const int base_blocks = p.n_head_kv * p.n_gblocks * p.n_q;
-    p.n_splits = std::max(1, std::min({ resident_blocks(D, gs) / base_blocks, (p.n_units + kWarps - 1) / kWarps,
+    p.n_splits = std::max(1, std::min({ resident_blocks(D, k) / base_blocks, (p.n_units + kWarps - 1) / kWarps,
                                         std::max(1, max_splits) }));
-    return gs;
 }
 
 // The merge kernel: out rows (strides in bytes) from n_splits partial results (0: zeros).
@@ -776,17 +822,17 @@ int launch_merge(const Params & p,
     return COCKTAIL_OK;
 }
 
-// The order in which the warps take their units (UnitOrder) for the kernel of gs query heads per block: rotated
-// for the tensor-core kernel, forward for the scalar one (bench/results/attn_cuda_orders_784a12e.md: at 64K the
-// Llama-3 mix takes 55.5 us rotated, 57.1 zig-zag, 62.4 forward; the Llama-2 mix 161.8 forward, 166.0 zig-zag,
-// 188.1 rotated). COCKTAIL_UNIT_ORDER=forward|rotated|zigzag in the environment sets it for both, for measuring:
+// The order in which the warps take their units (UnitOrder) for kernel k: rotated for the tensor-core kernel of
+// GQA groups, forward for the others (bench/results/attn_cuda_orders_784a12e.md: at 64K the Llama-3 mix takes 55.5
+// us rotated, 57.1 zig-zag, 62.4 forward; the Llama-2 mix 161.8 forward, 166.0 zig-zag, 188.1 rotated on the scalar
+// kernel). COCKTAIL_UNIT_ORDER=forward|rotated|zigzag in the environment sets it for every kernel, for measuring:
 // read at each launch, so a captured CUDA graph keeps the order it was captured with (and, like any getenv, not
 // to be changed from another thread while a launch runs).
-int unit_order(int gs, int & order) {
+int unit_order(Kernel k, int & order) {
     const char *      env = std::getenv("COCKTAIL_UNIT_ORDER");
     const std::string v   = env != nullptr ? env : "";
     if (v.empty()) {
-        order = gs == kMmaRows ? kRotated : kForward;
+        order = k.mma && k.gs == kMmaRows ? kRotated : kForward;
         return COCKTAIL_OK;
     }
     if (v != "forward" && v != "rotated" && v != "zigzag") {
@@ -798,13 +844,18 @@ int unit_order(int gs, int & order) {
 
 // The partial kernel over p (head_dim D, checked by graph_params), at most max_splits token splits.
 int run(int D, Params & p, cudaStream_t stream, int max_splits) {
-    const int gs = plan_launch(p, D, max_splits);
-    if (int rc = unit_order(gs, p.order); rc != COCKTAIL_OK) {
+    int          rc = COCKTAIL_OK;
+    const Kernel k  = choose_kernel(p, D, rc);
+    if (rc != COCKTAIL_OK) {
+        return rc;
+    }
+    plan_launch(p, D, k, max_splits);
+    if (rc = unit_order(k, p.order); rc != COCKTAIL_OK) {
         return rc;
     }
     const dim3 grid(p.n_head_kv * p.n_gblocks, p.n_splits, p.n_q);
     void *     args[] = { &p };
-    cudaLaunchKernel(partial_kernel(D, gs), grid, dim3(kWarps * 32), args, partial_smem(D, gs), stream);
+    cudaLaunchKernel(partial_kernel(D, k), grid, dim3(kWarps * 32), args, partial_smem(D, k), stream);
     if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
         return cuda_fail(err, "attn_partial launch");
     }
@@ -1000,11 +1051,21 @@ size_t cuda_graph_attn_scratch(const CudaGraphAttn & call) {
     if (cuda_impl::graph_params(call, p) != COCKTAIL_OK) {
         return 0;
     }
-    // the most splits any context length gives: the op's size, and so its graph node, stays the same as the tail
-    // grows (ggml-cuda then replays its CUDA graph)
-    p.n_units = 1 << 24;
-    cuda_impl::plan_launch(p, call.args.head_dim, 1 << 30);
-    return cuda_impl::scratch_bytes_per_split(p, call.args.head_dim) * p.n_splits;
+    // the most splits any context length gives, for every kernel the launch may take (MHA: either, as the F16 share
+    // changes): the op's size, and so its graph node, stays the same as the tail grows (ggml-cuda then replays its
+    // CUDA graph)
+    const int D  = call.args.head_dim;
+    int       rc = COCKTAIL_OK, n_splits = 0;
+    p.n_units           = 1 << 24;
+    cuda_impl::Kernel k = cuda_impl::choose_kernel(p, D, rc);
+    cuda_impl::plan_launch(p, D, k, 1 << 30);
+    n_splits = p.n_splits;
+    if (k.gs == 1) {
+        k.mma = !k.mma && cuda_impl::mma_head_dim(D);
+        cuda_impl::plan_launch(p, D, k, 1 << 30);
+        n_splits = std::max(n_splits, p.n_splits);
+    }
+    return cuda_impl::scratch_bytes_per_split(p, D) * n_splits;
 }
 
 int cuda_graph_attn(const CudaGraphAttn & call, void * stream) {

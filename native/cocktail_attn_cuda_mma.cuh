@@ -227,9 +227,10 @@ __device__ __forceinline__ int vt_channel(int gi, int m, int r) {
 
 template <int D> struct MmaWarp {
     float o[D / 32][2][4];  // [V group][tile][c0..c3]: channel rows g, g + 8 of the tile by query heads 2t, 2t + 1
+                            // (kOne: by the value and remainder parts of the one head, to be added)
     float vmin[4];          // sum of p * V min per group (C of P times the min table: groups 2t, 2t+1)
-    float m;                // running max of row g in log2 units (the same in its four lanes)
-    float l;                // this lane's share of row g's sum
+    float m;                // running max of row g in log2 units (the same in its four lanes; kOne: in every lane)
+    float l;                // this lane's share of row g's sum (kOne: of its 4 tokens' sum, the same in the row)
     int   e;                // o holds 2^e times the output
 };
 
@@ -262,9 +263,37 @@ __device__ __noinline__ uint4 tail_k_slice(const uint8_t * row) {
 // shared-memory copies); kF16Unit: an F16 region's unit; kTailUnit: the tail's (its strides and mask). The quantized
 // K loop stays rolled (the kernel's code has to fit the instruction cache; unrolled by 2 it was no faster); the
 // F16 / tail K loop is unrolled, so that its global loads are all in flight at once (all-F16 6 % faster).
+// kOne (one query head per KV head, MHA): S^T = K Q^T with K as A (rows tokens: the fragments the codes give anyway)
+// and the query as B, its fp16 values in the even columns and remainders in the odd ones, so that every lane of a
+// row holds its two tokens' scores (columns 2t + 2t+1) and no mma is spent on absent heads: 2 score mmas per k-step,
+// not 4, and one O^T mma per tile (P^T's values and remainders as the even and odd columns), not 2. The softmax then
+// runs per token over the warp, and the probabilities go through `pbuf` (32 floats of the warp's shared memory) to
+// the lanes that hold their tokens' V codes. The sketch of the kernel (MmaWarp) is the same otherwise.
 enum MmaUnit { kQuantUnit, kF16Unit, kTailUnit };
 
-template <int D, MmaUnit kind>
+// Over the eight rows g of a fragment (lanes 4g + t, the same t).
+__device__ __forceinline__ float col_max8(float x) {
+    for (int o = 4; o < 32; o <<= 1) {
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    }
+    return x;
+}
+
+__device__ __forceinline__ float col_sum8(float x) {
+    for (int o = 4; o < 32; o <<= 1) {
+        x += __shfl_xor_sync(0xffffffffu, x, o);
+    }
+    return x;
+}
+
+// kOne: a B column pair of split_frag's output {values 0-1, remainders 0-1, values 2-3, remainders 2-3}: values in
+// even columns, remainders in odd ones.
+__device__ __forceinline__ void one_b(const uint32_t (&s)[4], int g, uint32_t & b0, uint32_t & b1) {
+    b0 = (g & 1) ? s[1] : s[0];
+    b1 = (g & 1) ? s[3] : s[2];
+}
+
+template <int D, MmaUnit kind, bool kOne>
 __device__ __forceinline__ void mma_unit(const Params &  p,
                                          const Segment & s,
                                          int             qi,
@@ -276,20 +305,22 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
                                          float           q_unscale,
                                          const uint8_t * kblock,
                                          const uint8_t * vblock,
+                                         float *         pbuf,
                                          MmaWarp<D> &    w) {
     constexpr int  kG = D / 32;
     const int      g = lane >> 2, t = lane & 3;
     constexpr bool kQuant = kind == kQuantUnit, tail = kind == kTailUnit;
-
-    // this lane's score tokens (columns 2t, 2t+1 of the four score tiles) and their mask (log2 units)
-    bool  vis[4][2];
-    float add[4][2];
-    bool  any = false;
+    // this lane's score tokens and their mask (log2 units): columns 2t, 2t+1 of the four score tiles, or (kOne) rows
+    // g, g + 8 of the two (tokens tile_token(j, g), j = 0..3: the same in the row's four lanes)
+    constexpr int  kE = kOne ? 1 : 2;
+    bool           vis[4][kE];
+    float          add[4][kE];
+    bool           any = false;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int tok = unit * kUnit + tile_token(j, 2 * t + e);
+        for (int e = 0; e < kE; ++e) {
+            const int tok = unit * kUnit + tile_token(j, kOne ? g : 2 * t + e);
             vis[j][e]     = tok < s.n_tokens;
             add[j][e]     = 0.0f;
             if (tail && vis[j][e] && p.mask != nullptr) {
@@ -305,10 +336,34 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     }
 
     // S = Q K^T: quantized K as q * scale (A) times codes (B) plus q . min (the min row as B in every column, q
-    // from the split table: C rows g and g + 8 hold the bias of row g, no shuffle)
-    float            sacc[4][4] = {};
+    // from the split table: C rows g and g + 8 hold the bias of row g, no shuffle). kOne: the codes as A, q * scale
+    // as B; q . min a dot product over the warp.
+    constexpr int    kTiles          = kOne ? 2 : 4;
+    float            sacc[kTiles][4] = {};
     float            unscale = q_unscale, bias = 0.0f;
     const QuantCodes qc(s.kind == kQ4, g);
+    // S += this k-step's product: a = the query's split_frag (q * scale), kc[j] = channels c0, c0+1 | c0+2, c0+3 of
+    // token tile_token(j, g)
+    const auto       score_mma = [&](const uint32_t (&a)[4], const uint32_t (&kc)[4][2]) {
+        if constexpr (kOne) {
+            uint32_t b0, b1;
+            one_b(a, g, b0, b1);
+#pragma unroll
+            for (int m = 0; m < 2; ++m) {
+                const uint32_t ak[4] = { kc[2 * m][0], kc[2 * m + 1][0], kc[2 * m][1], kc[2 * m + 1][1] };
+                mma_16816(sacc[m], ak, b0, b1);
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                mma_16816(sacc[j], a, kc[j][0], kc[j][1]);
+            }
+        }
+    };
+    const float * qrow = sqn + (kOne ? 0 : g) * kSqnRow<D>;
+    const int     gc   = (g >> 1) & (kG - 1);  // kOne: this lane's V B column's group (O += P V)
+    uint32_t      vsc[2][2];  // kOne: the V scales of this lane's B rows (k-step; k 2t, 2t+1 | 2t+8, 2t+9)
+    int           ev = 14;    // o's exponent for this unit (O += P V; F16: p * 2^14 <= 2^14)
     if constexpr (kQuant) {
         __half2 kmax2 = __float2half2_rn(0.0f);
 #pragma unroll
@@ -323,6 +378,20 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
         unscale *= exp2i(-eb);
         const uint8_t * codes   = kblock + 4 * D + qc.at;
         float           bacc[4] = {};
+        if constexpr (kOne) {
+            // q . min: lane (g, t) takes k-steps g, g + 8, ...: every channel once; before the K loop, so that the
+            // shuffles overlap its work
+            float dot = 0.0f;
+#pragma unroll
+            for (int ks = g; ks < 2 * kG; ks += 8) {
+                const int    c0 = kstep_channel(ks, t);
+                const float4 q  = *reinterpret_cast<const float4 *>(qrow + c0);
+                float        mn[4];
+                load_halves<4>(kblock + 2 * D + 2 * c0, mn);
+                dot += q.x * mn[0] + q.y * mn[1] + q.z * mn[2] + q.w * mn[3];
+            }
+            bias = warp_sum(dot) * q_unscale;
+        }
 #pragma unroll 1
         for (int kp = 0; kp < kG; ++kp) {
             float ks[8];
@@ -331,7 +400,7 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int    c0 = kstep_channel(2 * kp + h, t);
-                const float4 q  = *reinterpret_cast<const float4 *>(sqn + g * kSqnRow<D> + c0);
+                const float4 q  = *reinterpret_cast<const float4 *>(qrow + c0);
                 uint32_t     a[4];
                 split_frag(q.x * (ks[4 * h] * sb), q.y * (ks[4 * h + 1] * sb), q.z * (ks[4 * h + 2] * sb),
                            q.w * (ks[4 * h + 3] * sb), a);
@@ -339,16 +408,37 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
                 const uint8_t * c = codes + k_slot(t, c0 - 8 * t) * kCodeRow;  // c0 .. c0 + 3: one pad group
                 qc.frags(ld_u16(c), ld_u16(c + kCodeRow), b0);
                 qc.frags(ld_u16(c + 2 * kCodeRow), ld_u16(c + 3 * kCodeRow), b1);
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    mma_16816(sacc[j], a, b0[j], b1[j]);
+                const uint32_t kc[4][2] = {
+                    { b0[0], b1[0] },
+                    { b0[1], b1[1] },
+                    { b0[2], b1[2] },
+                    { b0[3], b1[3] }
+                };
+                score_mma(a, kc);
+                if constexpr (!kOne) {
+                    const uint4    qa    = sqa[g * kSqaRow<D> + c0 / 4];
+                    const uint32_t aq[4] = { qa.x, qa.y, qa.z, qa.w };
+                    mma_16816(bacc, aq, h == 0 ? km.x : km.z, h == 0 ? km.y : km.w);
                 }
-                const uint4    qa    = sqa[g * kSqaRow<D> + c0 / 4];
-                const uint32_t aq[4] = { qa.x, qa.y, qa.z, qa.w };
-                mma_16816(bacc, aq, h == 0 ? km.x : km.z, h == 0 ? km.y : km.w);
             }
         }
-        bias = (bacc[0] + bacc[2]) * q_unscale;
+        if constexpr (kOne) {
+            __half2 smax = __float2half2_rn(0.0f);
+#pragma unroll
+            for (int ks = 0; ks < 2; ++ks) {
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {  // k 2t, 2t+1 (i = 0); 2t+8, 2t+9 (i = 1)
+                    const uint8_t * at = vblock + 2 * (tile_token(2 * ks + i, 2 * t) * kG + gc);
+                    const __half2   h  = __halves2half2(*reinterpret_cast<const __half *>(at),
+                                                        *reinterpret_cast<const __half *>(at + 4 * kG));
+                    vsc[ks][i]         = h2_bits(h);
+                    smax               = __hmax2(smax, __habs2(h));
+                }
+            }
+            ev = scale_exp(warp_max(fmaxf(__low2float(smax), __high2float(smax))), 13);  // |p * scale| < 2^14
+        } else {
+            bias = (bacc[0] + bacc[2]) * q_unscale;
+        }
     } else {
         const F16Layout kl(p, s, tail, false, D);
 #pragma unroll
@@ -364,52 +454,71 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             }
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const float4 q = *reinterpret_cast<const float4 *>(sqn + g * kSqnRow<D> + kstep_channel(2 * kp + h, t));
-                uint32_t     a[4];
-                split_frag(q.x, q.y, q.z, q.w, a);
+                const int      c0   = kstep_channel(2 * kp + h, t);
+                const uint4    qa   = sqa[(kOne ? 0 : g) * kSqaRow<D> + c0 / 4];
+                const uint32_t a[4] = { qa.x, qa.y, qa.z, qa.w };
+                uint32_t       kc[4][2];
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
-                    mma_16816(sacc[j], a, h == 0 ? rows[j].x : rows[j].z, h == 0 ? rows[j].y : rows[j].w);
+                    kc[j][0] = h == 0 ? rows[j].x : rows[j].z;
+                    kc[j][1] = h == 0 ? rows[j].y : rows[j].w;
                 }
+                score_mma(a, kc);
             }
         }
     }
 
-    // online softmax over row g (this lane's 8 tokens, then the row's 4 lanes)
+    // online softmax over row g (this lane's 8 tokens, then the row's 4 lanes); kOne: over the query's 32 tokens
+    // (this lane's 4, then the 8 rows)
     unscale *= kLog2e;
     bias *= kLog2e;
-    float sc[4][2], rmax = -INFINITY;
+    float sc[4][kE], rmax = -INFINITY;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            sc[j][e] = vis[j][e] ? (sacc[j][e] + sacc[j][2 + e]) * unscale + bias + add[j][e] : -INFINITY;
+        for (int e = 0; e < kE; ++e) {
+            const float x =
+                kOne ? sacc[j >> 1][2 * (j & 1)] + sacc[j >> 1][2 * (j & 1) + 1] : sacc[j][e] + sacc[j][2 + e];
+            sc[j][e] = vis[j][e] ? x * unscale + bias + add[j][e] : -INFINITY;
             rmax     = fmaxf(rmax, sc[j][e]);
         }
     }
-    const float m_new = fmaxf(w.m, row_max4(rmax));
+    const float m_new = fmaxf(w.m, kOne ? col_max8(rmax) : row_max4(rmax));
     if (m_new == -INFINITY) {  // nothing seen yet by any row (the rows share the tokens and their visibility)
         return;
     }
     const float corr = w.m == -INFINITY ? 0.0f : fast_exp2(w.m - m_new);
-    float       pr[4][2], psum = 0.0f;
+    float       pr[4][2], psum = 0.0f;  // pr[j][e]: token tile_token(j, 2t + e)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
+        for (int e = 0; e < kE; ++e) {
             pr[j][e] = vis[j][e] ? fast_exp2(sc[j][e] - m_new) : 0.0f;
             psum += pr[j][e];
         }
     }
     w.m = m_new;
     w.l = w.l * corr + psum;
+    if constexpr (kOne) {  // from the rows' tokens (tile_token(j, g)) to the columns' (tile_token(j, 2t + e))
+        if (t == 0) {
+            *reinterpret_cast<float2 *>(pbuf + 2 * g)      = make_float2(pr[0][0], pr[1][0]);
+            *reinterpret_cast<float2 *>(pbuf + 16 + 2 * g) = make_float2(pr[2][0], pr[3][0]);
+        }
+        __syncwarp();
+        const float4 lo = *reinterpret_cast<const float4 *>(pbuf + 4 * t);
+        const float4 hi = *reinterpret_cast<const float4 *>(pbuf + 16 + 4 * t);
+        pr[0][0] = lo.x, pr[1][0] = lo.y, pr[0][1] = lo.z, pr[1][1] = lo.w;
+        pr[2][0] = hi.x, pr[3][0] = hi.y, pr[2][1] = hi.z, pr[3][1] = hi.w;
+    }
 
-    // O += P V: quantized V as p * scale (A, per group) times codes (B) plus sum(p * min) per group; F16 V as p (A)
-    // times its values. A's k-steps are the score tiles as they are: k 2t, 2t+1 of k-step ks = tile 2ks's columns
-    // 2t, 2t+1, k 2t+8, 2t+9 = tile 2ks + 1's, so B row k holds the matching token.
+    // O += P V: quantized V as codes (A: rows channels, k tokens) times p * scale (B) plus sum(p * min) per group;
+    // F16 V as its values times p. A's k-steps are the score tiles as they are: k 2t, 2t+1 of k-step ks = tile 2ks's
+    // columns 2t, 2t+1, k 2t+8, 2t+9 = tile 2ks + 1's, so B row k holds the matching token. B's columns: the query
+    // heads (P^T's values, then its remainders, per V group); kOne: V group (n / 2) % kG's p * scale, values in even
+    // columns n and remainders in odd ones, so that one B serves every group's tiles (for a tile of group gi, the
+    // lanes t with t % kG == gi hold its columns 2t, 2t+1: the others' sums are not used).
     VRow<D> vs;
-    int     ev = 14;  // F16: p * 2^14 <= 2^14
-    if constexpr (kQuant) {
+    if constexpr (kQuant && !kOne) {
         vs.load(vblock, 0, t);
         ev = scale_exp(row_max4(vs.abs_max()), 13);  // |p * scale| < 2^14
     }
@@ -423,8 +532,9 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             w.vmin[i] *= corr;
         }
     }
-    // o's columns are query heads 2t and 2t + 1: their rows' factors (lane 4h holds row h)
-    const float f0 = __shfl_sync(0xffffffffu, f, 8 * t), f1 = __shfl_sync(0xffffffffu, f, 8 * t + 4);
+    // o's columns are query heads 2t and 2t + 1: their rows' factors (lane 4h holds row h); kOne: one row
+    const float f0 = kOne ? f : __shfl_sync(0xffffffffu, f, 8 * t);
+    const float f1 = kOne ? f : __shfl_sync(0xffffffffu, f, 8 * t + 4);
     if (f0 != 1.0f || f1 != 1.0f) {
 #pragma unroll
         for (int gi = 0; gi < kG; ++gi) {
@@ -457,25 +567,77 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             mma_16816(w.vmin, a, ld_u16(m) | ld_u16(m + 4 * kG) << 16, ld_u16(m + 2 * kG) | ld_u16(m + 6 * kG) << 16);
         }
     }
+    // V group gi's A fragments of k-step ks: [k 2t.. | k 2t+8..][channel 2g, 2g+1, 2g+16, 2g+17] (see vt_channel)
     const F16Layout vl(p, s, tail, true, D);
+    const auto      v_frags = [&](int gi, int ks, uint32_t (&b)[2][4]) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int ta = tile_token(2 * ks + half, 2 * t), tb = tile_token(2 * ks + half, 2 * t + 1);
+            if constexpr (kQuant) {
+                const uint8_t * codes = vblock + 4 * D + gi * kCodeRow + qc.at;
+                qc.frags(ld_u16(codes + v_slot<D>(t, ta - 4 * t) * kCodeRow),
+                         ld_u16(codes + v_slot<D>(t, tb - 4 * t) * kCodeRow), b[half]);
+            } else {
+                // channel pairs as 4-byte loads (F16 regions, tails with contiguous channels) or two 2-byte loads
+                // under the tail's channel stride
+                const bool v32 = !tail || p.tail_v_vec;
+                uint32_t   wd[2][2];  // [token a, b][channels 2n, 2n+1 | 2n+16, 2n+17]
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const int       tok = unit * kUnit + (r == 0 ? ta : tb);
+                    const uint8_t * row = s.v + tok * vl.nb_token + h_kv * vl.nb_head;
+#pragma unroll
+                    for (int x = 0; x < 2; ++x) {
+                        const uint8_t * at = row + v_channel(gi, 2 * x, g) * vl.nb_channel;
+                        wd[r][x]           = tok >= s.n_tokens ? 0 :
+                                             v32               ? *reinterpret_cast<const uint32_t *>(at) :
+                                                                 ld_u16(at) | ld_u16(at + vl.nb_channel) << 16;
+                    }
+                }
+#pragma unroll
+                for (int x = 0; x < 2; ++x) {
+                    b[half][2 * x]     = __byte_perm(wd[0][x], wd[1][x], 0x5410);
+                    b[half][2 * x + 1] = __byte_perm(wd[0][x], wd[1][x], 0x7632);
+                }
+            }
+        }
+    };
+    if constexpr (kOne) {
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) {
+            float x[4] = { prs[2 * ks][0], prs[2 * ks][1], prs[2 * ks + 1][0], prs[2 * ks + 1][1] };
+            if constexpr (kQuant) {
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    const float2 sc2 = __half22float2(bits_h2(vsc[ks][i]));
+                    x[2 * i] *= sc2.x;
+                    x[2 * i + 1] *= sc2.y;
+                }
+            }
+            uint32_t pb[4], b0, b1;
+            split_frag(x[0], x[1], x[2], x[3], pb);
+            one_b(pb, g, b0, b1);
+#pragma unroll
+            for (int gi = 0; gi < kG; ++gi) {
+                uint32_t b[2][4];
+                v_frags(gi, ks, b);
+#pragma unroll
+                for (int m = 0; m < 2; ++m) {
+                    const uint32_t a[4] = { b[0][2 * m], b[0][2 * m + 1], b[1][2 * m], b[1][2 * m + 1] };
+                    mma_16816(w.o[gi][m], a, b0, b1);
+                }
+            }
+        }
+        return;
+    }
 #pragma unroll
     for (int gi = 0; gi < kG; ++gi) {
         float pv[4][2];
-        if constexpr (kQuant) {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < 4; ++j) {
 #pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    pv[j][e] = prs[j][e] * vs.at(j, e, gi);
-                }
-            }
-        } else {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    pv[j][e] = prs[j][e];
-                }
+            for (int e = 0; e < 2; ++e) {
+                pv[j][e] = kQuant ? prs[j][e] * vs.at(j, e, gi) : prs[j][e];
             }
         }
 #pragma unroll
@@ -483,38 +645,8 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             // P^T as B (k = the score tiles' tokens as below, column g = row g of P): fp16 values, then remainders
             uint32_t pb[4];
             split_frag(pv[2 * ks][0], pv[2 * ks][1], pv[2 * ks + 1][0], pv[2 * ks + 1][1], pb);
-            uint32_t b[2][4];  // V codes: [k 2t.. | k 2t+8..][channel 2g, 2g+1, 2g+16, 2g+17] (A rows, see vt_channel)
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int ta = tile_token(2 * ks + half, 2 * t), tb = tile_token(2 * ks + half, 2 * t + 1);
-                if constexpr (kQuant) {
-                    const uint8_t * codes = vblock + 4 * D + gi * kCodeRow + qc.at;
-                    qc.frags(ld_u16(codes + v_slot<D>(t, ta - 4 * t) * kCodeRow),
-                             ld_u16(codes + v_slot<D>(t, tb - 4 * t) * kCodeRow), b[half]);
-                } else {
-                    // channel pairs as 4-byte loads (F16 regions, tails with contiguous channels) or two 2-byte loads
-                    // under the tail's channel stride
-                    const bool v32 = !tail || p.tail_v_vec;
-                    uint32_t   wd[2][2];  // [token a, b][channels 2n, 2n+1 | 2n+16, 2n+17]
-#pragma unroll
-                    for (int r = 0; r < 2; ++r) {
-                        const int       tok = unit * kUnit + (r == 0 ? ta : tb);
-                        const uint8_t * row = s.v + tok * vl.nb_token + h_kv * vl.nb_head;
-#pragma unroll
-                        for (int x = 0; x < 2; ++x) {
-                            const uint8_t * at = row + v_channel(gi, 2 * x, g) * vl.nb_channel;
-                            wd[r][x]           = tok >= s.n_tokens ? 0 :
-                                                 v32               ? *reinterpret_cast<const uint32_t *>(at) :
-                                                                     ld_u16(at) | ld_u16(at + vl.nb_channel) << 16;
-                        }
-                    }
-#pragma unroll
-                    for (int x = 0; x < 2; ++x) {
-                        b[half][2 * x]     = __byte_perm(wd[0][x], wd[1][x], 0x5410);
-                        b[half][2 * x + 1] = __byte_perm(wd[0][x], wd[1][x], 0x7632);
-                    }
-                }
-            }
+            uint32_t b[2][4];
+            v_frags(gi, ks, b);
 #pragma unroll
             for (int m = 0; m < 2; ++m) {
                 const uint32_t a[4] = { b[0][2 * m], b[0][2 * m + 1], b[1][2 * m], b[1][2 * m + 1] };
@@ -570,24 +702,27 @@ template <int D> struct MmaShared {
         float acc[kWarps][kMmaRows * D];  // at the end: the warps' unnormalized outputs
     };
 
-    uint4 sqa[kMmaRows * kSqaRow<D>];  // the same rows as A fragments (split_frag of 4 channels)
+    uint4 sqa[kMmaRows * kSqaRow<D>];       // the same rows as A fragments (split_frag of 4 channels)
+    alignas(16) float pbuf[kWarps][kUnit];  // kOne: a unit's probabilities on their way between lanes
     float m[kWarps][kMmaRows], l[kWarps][kMmaRows];
     int   qexp[kMmaRows];
 };
 
 // Dynamic shared memory (sizeof(MmaShared<D>), over the 48 KiB of static shared memory for D = 128): the launch
-// raises the kernel's limit first (cocktail_attn_cuda.cu, resident_blocks).
-template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_mma(const Params p) {
+// raises the kernel's limit first (cocktail_attn_cuda.cu, resident_blocks). kOne: one query head per block (MHA;
+// mma_unit says how its fragments differ).
+template <int D, bool kOne> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_mma(const Params p) {
     static_assert(D == 32 || D == 64 || D == 128, "tensor-core kernel: head_dim 32, 64 or 128");
     extern __shared__ uint4 mma_smem[];
-    MmaShared<D> &          sh = *reinterpret_cast<MmaShared<D> *>(mma_smem);
+    MmaShared<D> &          sh    = *reinterpret_cast<MmaShared<D> *>(mma_smem);
+    constexpr int           kRows = kOne ? 1 : kMmaRows;  // query rows in the tables
 
     const int qi = blockIdx.z, split = blockIdx.y;
     const int h_kv = blockIdx.x / p.n_gblocks, gb = blockIdx.x % p.n_gblocks;
-    const int h0 = h_kv * p.group + gb * kMmaRows, n_g = min(kMmaRows, p.group - gb * kMmaRows);
+    const int h0 = h_kv * p.group + gb * kRows, n_g = min(kRows, p.group - gb * kRows);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
 
-    for (int i = threadIdx.x; i < kMmaRows * D; i += blockDim.x) {
+    for (int i = threadIdx.x; i < kRows * D; i += blockDim.x) {
         const int r = i / D, d = i % D;
         sh.sqn[r * kSqnRow<D> + d] =
             r < n_g ? p.scale * *reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(p.q) +
@@ -595,7 +730,7 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
                       0.0f;
     }
     __syncthreads();
-    for (int r = warp; r < kMmaRows; r += kWarps) {  // each row to [1, 2): its fp16 split keeps ~22 bits
+    for (int r = warp; r < kRows; r += kWarps) {  // each row to [1, 2): its fp16 split keeps ~22 bits
         float mx = 0.0f;
         for (int d = lane; d < D; d += 32) {
             mx = fmaxf(mx, fabsf(sh.sqn[r * kSqnRow<D> + d]));
@@ -609,7 +744,7 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
         }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < kMmaRows * D / 4; i += blockDim.x) {
+    for (int i = threadIdx.x; i < kRows * D / 4; i += blockDim.x) {
         const int    r = i / (D / 4), c4 = i % (D / 4);
         const float4 x = *reinterpret_cast<const float4 *>(sh.sqn + r * kSqnRow<D> + 4 * c4);
         uint32_t     a[4];
@@ -617,7 +752,7 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
         sh.sqa[r * kSqaRow<D> + c4] = make_uint4(a[0], a[1], a[2], a[3]);
     }
     __syncthreads();
-    const float q_unscale = exp2i(-sh.qexp[g]);
+    const float q_unscale = exp2i(-sh.qexp[kOne ? 0 : g]);
 
     MmaWarp<D> w;
 #pragma unroll
@@ -636,24 +771,28 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
     }
     w.m = -INFINITY, w.l = 0.0f, w.e = 0;
     WarpStages ws(sh.stage[warp][0], sh.stage[warp][1]);
+    float *    pbuf = sh.pbuf[warp];
     for_each_unit(p, qi, split, warp, [&](const Segment & s, int unit, int next, int next_unit) {
         uint8_t * here = ws.enter(p, s, unit, next, next_unit, [&](const Segment & seg, int u, uint8_t * dst) {
             stage_unit<D>(seg, h_kv, u, lane, dst);
         });
         if (quantized(s.kind)) {
-            mma_unit<D, kQuantUnit>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, here, here + kStagedBlock<D>,
-                                    w);
+            mma_unit<D, kQuantUnit, kOne>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, here,
+                                          here + kStagedBlock<D>, pbuf, w);
         } else if (s.kind == kF16) {
-            mma_unit<D, kF16Unit>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, nullptr, nullptr, w);
+            mma_unit<D, kF16Unit, kOne>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, nullptr, nullptr, pbuf,
+                                        w);
         } else {
-            mma_unit<D, kTailUnit>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, nullptr, nullptr, w);
+            mma_unit<D, kTailUnit, kOne>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, nullptr, nullptr, pbuf,
+                                         w);
         }
-        __syncwarp();  // every lane is done with this stage before the copy after next refills it
+        __syncwarp();  // every lane is done with this stage (and pbuf) before the next unit refills them
     });
 
-    // row sums over the row's four lanes; this lane's columns of row g (remainder rows added) into the table
-    w.l = row_sum4(w.l);
-    if (t == 0) {
+    // row sums over the row's four lanes (kOne: over the eight rows, the four lanes of a row alike); this lane's
+    // columns of row g (remainder rows added) into the table (kOne: the value and remainder columns added)
+    w.l = kOne ? col_sum8(w.l) : row_sum4(w.l);
+    if (kOne ? lane == 0 : t == 0) {
         sh.m[warp][g] = w.m * kLn2;  // write_split and the merge take natural units
         sh.l[warp][g] = w.l;
     }
@@ -662,15 +801,29 @@ template <int D> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_
     const float vmin[2] = { w.vmin[0] + w.vmin[2], w.vmin[1] + w.vmin[3] };  // row g, groups 2t and 2t + 1
 #pragma unroll
     for (int gi = 0; gi < D / 32; ++gi) {
+        if constexpr (kOne) {  // group gi's V-min sum is in lanes 4g' + gi / 2 (any g'), its o in lanes t == gi
+            const float mins = __shfl_sync(0xffffffffu, vmin[gi & 1], 4 * g + (gi >> 1));
+            if (t == gi) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int   h    = 2 * t + e;  // this lane's column e of o; its row's V-min sums are in lane 4h + gi / 2
-            const float mins = __shfl_sync(0xffffffffu, vmin[gi & 1], 4 * h + (gi >> 1));
+                for (int m = 0; m < 2; ++m) {
 #pragma unroll
-            for (int m = 0; m < 2; ++m) {
+                    for (int r = 0; r < 2; ++r) {
+                        sh.acc[warp][vt_channel(gi, m, g + 8 * r)] =
+                            (w.o[gi][m][2 * r] + w.o[gi][m][2 * r + 1]) * unscale + mins;
+                    }
+                }
+            }
+        } else {
 #pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    sh.acc[warp][h * D + vt_channel(gi, m, g + 8 * r)] = w.o[gi][m][2 * r + e] * unscale + mins;
+            for (int e = 0; e < 2; ++e) {
+                const int   h = 2 * t + e;  // this lane's column e of o; its row's V-min sums are in lane 4h + gi / 2
+                const float mins = __shfl_sync(0xffffffffu, vmin[gi & 1], 4 * h + (gi >> 1));
+#pragma unroll
+                for (int m = 0; m < 2; ++m) {
+#pragma unroll
+                    for (int r = 0; r < 2; ++r) {
+                        sh.acc[warp][h * D + vt_channel(gi, m, g + 8 * r)] = w.o[gi][m][2 * r + e] * unscale + mins;
+                    }
                 }
             }
         }

@@ -94,14 +94,29 @@ def test_many_units_per_warp_with_later_maxima(group: int, head_dim: int) -> Non
     assert np.max(np.abs(got - want)) <= tol
 
 
+# One query head per KV head (MHA, head_dim 32 to 128) runs on the scalar kernel or the tensor-core kernel's
+# one-head variant, by the plan's F16 share (COCKTAIL_MHA_KERNEL=auto, the default): the random cases of that
+# kind, once more on each kernel (COCKTAIL_MHA_KERNEL=mma, =scalar).
+MHA_CASES = [(c, i) for c, i in zip(CASES, IDS, strict=True) if c.group == 1 and c.head_dim <= 128]
+
+
+@needs_cuda
+@pytest.mark.parametrize("mha_kernel", ["mma", "scalar"])
+@pytest.mark.parametrize("case", [c for c, _ in MHA_CASES], ids=[i for _, i in MHA_CASES])
+def test_mha_on_each_kernel(case: cpu.Case, mha_kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COCKTAIL_MHA_KERNEL", mha_kernel)
+    _check(case)
+
+
 @needs_cuda
 @pytest.mark.parametrize("order", ["forward", "rotated", "zigzag"])
-@pytest.mark.parametrize("group", [1, 4])
-def test_every_unit_order(order: str, group: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("group", "mha_kernel"), [(1, "mma"), (1, "scalar"), (4, "mma")])
+def test_every_unit_order(order: str, group: int, mha_kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """COCKTAIL_UNIT_ORDER (the order in which a warp takes its units; the kernels default to forward or
     rotated) changes only the order of the sums: each order against the reference and the CPU op, with ~8
     units per warp, several regions of each precision, 8 query tokens and the tail."""
     monkeypatch.setenv("COCKTAIL_UNIT_ORDER", order)
+    monkeypatch.setenv("COCKTAIL_MHA_KERNEL", mha_kernel)
     _check(cpu.Case(128, 8, group, 32, 6000, "random", 33, 8, False, False, 1.0, 2, seed=400 + group))
 
 
@@ -110,7 +125,16 @@ def test_unknown_unit_order_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COCKTAIL_UNIT_ORDER", "sideways")
     c = cpu.Case(64, 2, 1, 32, 300, "random", 3, 1, False, False, 1.0, 2, seed=5)
     b = cpu._build(c)
-    with pytest.raises(_native.NativeError, match="COCKTAIL_UNIT_ORDER=sideways"):
+    with pytest.raises(ValueError, match="COCKTAIL_UNIT_ORDER=sideways"):
+        _cuda(b, c, cpu._regions(b, c, None))
+
+
+@needs_cuda
+def test_unknown_mha_kernel_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COCKTAIL_MHA_KERNEL", "systolic")
+    c = cpu.Case(64, 2, 1, 32, 300, "random", 3, 1, False, False, 1.0, 2, seed=5)
+    b = cpu._build(c)
+    with pytest.raises(ValueError, match="COCKTAIL_MHA_KERNEL=systolic"):
         _cuda(b, c, cpu._regions(b, c, None))
 
 
