@@ -2,7 +2,8 @@
 // split-K decode kernel. One block = one (query token, KV head, group of its query heads, token split); its four
 // warps take 32-token units (one quantization block) in turn, dequantize K and V in registers, keep an online
 // softmax per query head and merge in shared memory; a second kernel merges the splits (log-sum-exp). GQA groups of
-// 4+ query heads run the tensor-core kernel of cocktail_attn_cuda_mma.cuh instead (same plan, same merge).
+// 4+ query heads run the tensor-core kernel of cocktail_attn_cuda_mma.cuh instead (same plan, same merge), and so
+// does MHA where F16 and tail tokens are a large share of the launch (choose_kernel).
 #include "cocktail_api.h"
 #include "cocktail_attn_cpu.h"
 #include "cocktail_attn_cuda_common.cuh"
@@ -669,11 +670,12 @@ struct Kernel {
 // Which kernel runs MHA (one query head per KV head), where head_dim allows the tensor-core kernel's one-head
 // variant: COCKTAIL_MHA_KERNEL=auto (the default), mma or scalar, read at each launch (for measuring, as
 // COCKTAIL_UNIT_ORDER: unit_order). The scalar kernel is faster on Q4 / Q2 units, the tensor-core one on F16 and
-// tail units (bench/results/attn_cuda_mha_*.md: Llama-2 shape at 32K, all-F16 201 against 232 us, all-Q2 73
-// against 67); auto takes the tensor-core kernel where F16 and tail tokens are at least kMmaF16Share of the launch's.
+// tail units; auto takes the tensor-core kernel where F16 and tail tokens are at least kMmaF16Share of the launch's.
+// bench/results/attn_mha_sweep.md (Llama-2 shape, 32K, tensor-core against scalar): 10 % F16 91.6 / 86.6 us, 25 %
+// 113.2 / 111.6, 50 % 146.9 / 153.3, 75 % 175.7 / 189.4, all F16 201.0 / 231.7; they cross at ~30 %.
 enum MhaKernel { kMhaAuto, kMhaMma, kMhaScalar };
 
-constexpr double kMmaF16Share = 0.5;
+constexpr double kMmaF16Share = 0.35;
 
 int mha_kernel(MhaKernel & k) {
     const char *      env = std::getenv("COCKTAIL_MHA_KERNEL");

@@ -1,5 +1,7 @@
 // Mixed-region attention for grouped-query heads on tensor cores: the contract, split plan and merge of the scalar
 // kernel (cocktail_attn_cuda.cu), for GQA groups where the scalar kernel spends one FMA per code and query head.
+// A one-head variant (kOne, MHA) swaps the operands of S (mma_unit says how); it reads F16 units faster than the
+// scalar kernel and quantized ones slower, so cocktail_attn_cuda.cu takes it by the launch's F16 share.
 //
 // A block is (query token, KV head, up to 8 of its query heads, token split); each warp takes 32-token units in
 // turn and computes S = Q K^T and O^T += V^T P^T with mma.sync m16n8k16 (fp16 operands, fp32 accumulators):
