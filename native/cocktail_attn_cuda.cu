@@ -669,13 +669,15 @@ struct Kernel {
 
 // Which kernel runs MHA (one query head per KV head), where head_dim allows the tensor-core kernel's one-head
 // variant: COCKTAIL_MHA_KERNEL=auto (the default), mma or scalar, read at each launch (for measuring, as
-// COCKTAIL_UNIT_ORDER: unit_order). The scalar kernel is faster on Q4 / Q2 units, the tensor-core one on F16 and
-// tail units; auto takes the tensor-core kernel where F16 and tail tokens are at least kMmaF16Share of the launch's.
-// bench/results/attn_mha_sweep.md (Llama-2 shape, 32K, tensor-core against scalar): 10 % F16 91.6 / 86.6 us, 25 %
-// 113.2 / 111.6, 50 % 146.9 / 153.3, 75 % 175.7 / 189.4, all F16 201.0 / 231.7; they cross at ~30 %.
+// COCKTAIL_UNIT_ORDER: unit_order). Per unit the scalar kernel is faster on Q4 / Q2, the tensor-core one on F16
+// (and so the tail); taking its units in the rotated order, the tensor-core kernel runs F16 units beside quantized
+// ones, and any mix of the two is faster there (bench/results/attn_mha_low_f16.md, Llama-2 shape, tensor-core
+// rotated against scalar forward, 32K / 64K: 3 % F16 74.4 / 137.2 against 79.1 / 142.8 us; 10 % 75.2 / 139.4
+// against 86.7 / 161.3 (attn_mha_repeat.md); all Q2 73.0 / 135.7 against 67.2 / 122.6; all F16 203.6 / 394.6
+// against 231.4 / 452.5). auto takes the tensor-core kernel from kMmaF16Share of F16 and tail tokens on.
 enum MhaKernel { kMhaAuto, kMhaMma, kMhaScalar };
 
-constexpr double kMmaF16Share = 0.35;
+constexpr double kMmaF16Share = 0.02;
 
 int mha_kernel(MhaKernel & k) {
     const char *      env = std::getenv("COCKTAIL_MHA_KERNEL");
@@ -824,17 +826,18 @@ int launch_merge(const Params & p,
     return COCKTAIL_OK;
 }
 
-// The order in which the warps take their units (UnitOrder) for kernel k: rotated for the tensor-core kernel of
-// GQA groups, forward for the others (bench/results/attn_cuda_orders_784a12e.md: at 64K the Llama-3 mix takes 55.5
-// us rotated, 57.1 zig-zag, 62.4 forward; the Llama-2 mix 161.8 forward, 166.0 zig-zag, 188.1 rotated on the scalar
-// kernel). COCKTAIL_UNIT_ORDER=forward|rotated|zigzag in the environment sets it for every kernel, for measuring:
-// read at each launch, so a captured CUDA graph keeps the order it was captured with (and, like any getenv, not
-// to be changed from another thread while a launch runs).
+// The order in which the warps take their units (UnitOrder) for kernel k: rotated for the tensor-core kernels,
+// forward for the scalar one (bench/results/attn_cuda_orders_784a12e.md: at 64K the Llama-3 mix takes 55.5 us
+// rotated, 57.1 zig-zag, 62.4 forward; the Llama-2 mix 161.8 forward, 166.0 zig-zag, 188.1 rotated on the scalar
+// kernel and, attn_mha_orders3.md, 170.1 forward, 155.7 zig-zag, 139.3 rotated on the tensor-core kernel).
+// COCKTAIL_UNIT_ORDER=forward|rotated|zigzag in the environment sets it for every kernel, for measuring: read at
+// each launch, so a captured CUDA graph keeps the order it was captured with (and, like any getenv, not to be
+// changed from another thread while a launch runs).
 int unit_order(Kernel k, int & order) {
     const char *      env = std::getenv("COCKTAIL_UNIT_ORDER");
     const std::string v   = env != nullptr ? env : "";
     if (v.empty()) {
-        order = k.mma && k.gs == kMmaRows ? kRotated : kForward;
+        order = k.mma ? kRotated : kForward;
         return COCKTAIL_OK;
     }
     if (v != "forward" && v != "rotated" && v != "zigzag") {
