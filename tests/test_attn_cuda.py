@@ -121,20 +121,14 @@ def test_every_unit_order(order: str, group: int, mha_kernel: str, monkeypatch: 
 
 
 @needs_cuda
-def test_unknown_unit_order_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COCKTAIL_UNIT_ORDER", "sideways")
+@pytest.mark.parametrize(
+    ("variable", "value"), [("COCKTAIL_UNIT_ORDER", "sideways"), ("COCKTAIL_MHA_KERNEL", "systolic")]
+)
+def test_unknown_kernel_setting_is_named(variable: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variable, value)
     c = cpu.Case(64, 2, 1, 32, 300, "random", 3, 1, False, False, 1.0, 2, seed=5)
     b = cpu._build(c)
-    with pytest.raises(ValueError, match="COCKTAIL_UNIT_ORDER=sideways"):
-        _cuda(b, c, cpu._regions(b, c, None))
-
-
-@needs_cuda
-def test_unknown_mha_kernel_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COCKTAIL_MHA_KERNEL", "systolic")
-    c = cpu.Case(64, 2, 1, 32, 300, "random", 3, 1, False, False, 1.0, 2, seed=5)
-    b = cpu._build(c)
-    with pytest.raises(ValueError, match="COCKTAIL_MHA_KERNEL=systolic"):
+    with pytest.raises(ValueError, match=f"{variable}={value}"):
         _cuda(b, c, cpu._regions(b, c, None))
 
 
