@@ -679,14 +679,31 @@ enum MhaKernel { kMhaAuto, kMhaMma, kMhaScalar };
 
 constexpr double kMmaF16Share = 0.02;
 
-int mha_kernel(MhaKernel & k) {
-    const char *      env = std::getenv("COCKTAIL_MHA_KERNEL");
+// A measuring setting from the environment: index = the position of its value in `values` (N names), or -1 where
+// the variable is unset or empty; an unknown value is EINVAL naming the variable, the value and the choices.
+template <size_t N> int env_choice(const char * name, const char * const (&values)[N], int & index) {
+    const char *      env = std::getenv(name);
     const std::string v   = env != nullptr ? env : "";
-    k                     = v == "mma" ? kMhaMma : v == "scalar" ? kMhaScalar : kMhaAuto;
-    if (!v.empty() && v != "auto" && v != "mma" && v != "scalar") {
-        return fail(COCKTAIL_EINVAL, "COCKTAIL_MHA_KERNEL=" + v + ": auto, mma or scalar");
+    index                 = -1;
+    std::string choices;
+    for (size_t i = 0; i < N; ++i) {
+        if (v == values[i]) {
+            index = static_cast<int>(i);
+        }
+        choices += std::string(i == 0 ? "" : i + 1 == N ? " or " : ", ") + values[i];
+    }
+    if (!v.empty() && index < 0) {
+        return fail(COCKTAIL_EINVAL, std::string(name) + "=" + v + ": " + choices);
     }
     return COCKTAIL_OK;
+}
+
+int mha_kernel(MhaKernel & k) {
+    static const char * const kNames[] = { "auto", "mma", "scalar" };  // in MhaKernel's order
+    int                       i        = -1;
+    const int                 rc       = env_choice("COCKTAIL_MHA_KERNEL", kNames, i);
+    k                                  = i < 0 ? kMhaAuto : static_cast<MhaKernel>(i);
+    return rc;
 }
 
 // The share of p's tokens in F16 regions and the tail.
@@ -834,17 +851,11 @@ int launch_merge(const Params & p,
 // each launch, so a captured CUDA graph keeps the order it was captured with (and, like any getenv, not to be
 // changed from another thread while a launch runs).
 int unit_order(Kernel k, int & order) {
-    const char *      env = std::getenv("COCKTAIL_UNIT_ORDER");
-    const std::string v   = env != nullptr ? env : "";
-    if (v.empty()) {
-        order = k.mma ? kRotated : kForward;
-        return COCKTAIL_OK;
-    }
-    if (v != "forward" && v != "rotated" && v != "zigzag") {
-        return fail(COCKTAIL_EINVAL, "COCKTAIL_UNIT_ORDER=" + v + ": forward, rotated or zigzag");
-    }
-    order = v == "forward" ? kForward : v == "rotated" ? kRotated : kZigZag;
-    return COCKTAIL_OK;
+    static const char * const kNames[] = { "forward", "rotated", "zigzag" };  // in UnitOrder's order
+    int                       i        = -1;
+    const int                 rc       = env_choice("COCKTAIL_UNIT_ORDER", kNames, i);
+    order                              = i >= 0 ? i : k.mma ? kRotated : kForward;
+    return rc;
 }
 
 // The partial kernel over p (head_dim D, checked by graph_params), at most max_splits token splits.

@@ -630,30 +630,30 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
                 }
             }
         }
-        return;
-    }
+    } else {
 #pragma unroll
-    for (int gi = 0; gi < kG; ++gi) {
-        float pv[4][2];
+        for (int gi = 0; gi < kG; ++gi) {
+            float pv[4][2];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < 4; ++j) {
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                pv[j][e] = kQuant ? prs[j][e] * vs.at(j, e, gi) : prs[j][e];
+                for (int e = 0; e < 2; ++e) {
+                    pv[j][e] = kQuant ? prs[j][e] * vs.at(j, e, gi) : prs[j][e];
+                }
             }
-        }
 #pragma unroll
-        for (int ks = 0; ks < 2; ++ks) {
-            // P^T as B (k = the score tiles' tokens as below, column g = row g of P): fp16 values, then remainders
-            uint32_t pb[4];
-            split_frag(pv[2 * ks][0], pv[2 * ks][1], pv[2 * ks + 1][0], pv[2 * ks + 1][1], pb);
-            uint32_t b[2][4];
-            v_frags(gi, ks, b);
+            for (int ks = 0; ks < 2; ++ks) {
+                // P^T as B (k = the score tiles' tokens as below, column g = row g of P): fp16 values, then remainders
+                uint32_t pb[4];
+                split_frag(pv[2 * ks][0], pv[2 * ks][1], pv[2 * ks + 1][0], pv[2 * ks + 1][1], pb);
+                uint32_t b[2][4];
+                v_frags(gi, ks, b);
 #pragma unroll
-            for (int m = 0; m < 2; ++m) {
-                const uint32_t a[4] = { b[0][2 * m], b[0][2 * m + 1], b[1][2 * m], b[1][2 * m + 1] };
-                mma_16816(w.o[gi][m], a, pb[0], pb[2]);
-                mma_16816(w.o[gi][m], a, pb[1], pb[3]);
+                for (int m = 0; m < 2; ++m) {
+                    const uint32_t a[4] = { b[0][2 * m], b[0][2 * m + 1], b[1][2 * m], b[1][2 * m + 1] };
+                    mma_16816(w.o[gi][m], a, pb[0], pb[2]);
+                    mma_16816(w.o[gi][m], a, pb[1], pb[3]);
+                }
             }
         }
     }
