@@ -446,12 +446,32 @@ attn_partial(const Params p) {
     const int h0 = h_kv * p.group + gb * GS, n_g = min(GS, p.group - gb * GS);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
-    for (int i = threadIdx.x; i < GS * D; i += blockDim.x) {
-        const int g = i / D, d = i % D;
-        sh.sq[i] = g < n_g ?
-                       p.scale * *reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(p.q) +
-                                                                  qi * p.q_nb_token + (h0 + g) * p.q_nb_head + 4 * d) :
-                       0.0f;
+    // the query rows' loads first, then the copy of each warp's first unit, so that both latencies overlap
+    constexpr int kQLoads = (GS * D + kWarps * 32 - 1) / (kWarps * 32);
+    float         qv[kQLoads];
+#pragma unroll
+    for (int it = 0; it < kQLoads; ++it) {
+        const int i = static_cast<int>(threadIdx.x) + it * kWarps * 32, g = i / D, d = i % D;
+        qv[it] = i < GS * D && g < n_g ?
+                     p.scale * *reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(p.q) +
+                                                                qi * p.q_nb_token + (h0 + g) * p.q_nb_head + 4 * d) :
+                     0.0f;
+    }
+    // each warp's two stages (kScalarStaged): the next quantized unit copies in while this one computes
+    __shared__ __align__(16) uint8_t stages[kScalarStaged<D, GS> ? kWarps * 2 * kScalarStage<D> : 16];
+    WarpStages                       ws(stages + 2 * warp * kScalarStage<D>, stages + (2 * warp + 1) * kScalarStage<D>);
+    const auto                       copy = [&](const Segment & seg, int u, uint8_t * dst) {
+        stage_scalar_unit<D>(seg, h_kv, u, lane, dst);
+    };
+    UnitWalk walk(p, qi, split, warp);
+    if constexpr (kScalarStaged<D, GS>) {
+        ws.prefetch(walk, copy);
+    }
+#pragma unroll
+    for (int it = 0; it < kQLoads; ++it) {
+        if (const int i = static_cast<int>(threadIdx.x) + it * kWarps * 32; i < GS * D) {
+            sh.sq[i] = qv[it];
+        }
     }
     __syncthreads();
 
@@ -466,17 +486,12 @@ attn_partial(const Params p) {
             w.acc[g][i] = 0.0f;
         }
     }
-    float *    qs_tab  = sh.t.qs[warp];
-    float *    psm_tab = sh.t.psm[warp];
-    // each warp's two stages (kScalarStaged): the next quantized unit copies in while this one computes
-    __shared__ __align__(16) uint8_t stages[kScalarStaged<D, GS> ? kWarps * 2 * kScalarStage<D> : 16];
-    WarpStages                       ws(stages + 2 * warp * kScalarStage<D>, stages + (2 * warp + 1) * kScalarStage<D>);
-    for_each_unit(p, qi, split, warp, [&](const Segment & s, int unit, int next, int next_unit) {
+    float * qs_tab  = sh.t.qs[warp];
+    float * psm_tab = sh.t.psm[warp];
+    walk.run([&](const Segment & s, int unit, int next, int next_unit) {
         uint8_t * here = nullptr;
         if constexpr (kScalarStaged<D, GS>) {
-            here = ws.enter(p, s, unit, next, next_unit, [&](const Segment & seg, int u, uint8_t * dst) {
-                stage_scalar_unit<D>(seg, h_kv, u, lane, dst);
-            });
+            here = ws.enter(p, s, unit, next, next_unit, copy);
         }
         switch (s.kind) {
             case kF16:

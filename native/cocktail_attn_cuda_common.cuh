@@ -132,6 +132,75 @@ __device__ __forceinline__ bool quantized(int kind) {
     return kind == kQ4 || kind == kQ2;
 }
 
+// Orders in which a warp takes its units (Params::order; the dealing is the same): forward; rotated (warp slot k
+// starts at its (k % count)-th unit and wraps around); zig-zag (odd slots backward). The regions come in segment
+// order (F16 first): forward, every warp reads the F16 units (bandwidth-bound) at the start and the quantized ones
+// (instruction-bound) after; rotated or zig-zag, both kinds run side by side all along, with the warps' reads
+// spread over the region (rotated: over all of it while a slot has at most S units, over its first S units of
+// each slot beyond that) or over two windows per head (zig-zag). Which is faster depends on the kernel
+// (unit_order in cocktail_attn_cuda.cu; bench/NOTES.md has the measurements).
+enum UnitOrder { kForward = 0, kRotated = 1, kZigZag = 2 };
+
+// This warp's units of the block's split, skipping other sequences' regions, in p.order. Units are dealt
+// round-robin over the splits, then over the block's warps, so that every block gets its share of each region (an
+// F16 unit reads 5x the bytes of a Q2 one) and one wave of equal blocks stays balanced. The walk is made before the
+// block's query tables, so that the first unit's copy (WarpStages::prefetch) overlaps their building.
+struct UnitWalk {
+    const Params & p;
+    int            k, step, count, m0, q_seq;
+    bool           back;
+    int            si = 0;  // segment of the unit found last by from()
+    int            j;       // position of the current unit in this slot's order; -1: no more
+    int            su;      // its segment
+
+    __device__ __forceinline__ UnitWalk(const Params & p, int qi, int split, int warp) :
+        p(p),
+        k(split + p.n_splits * warp),
+        step(p.n_splits * kWarps),
+        count(k < p.n_units ? (p.n_units - 1 - k) / step + 1 : 0),  // this slot's units k + m step
+        m0(p.order == kRotated && count > 0 ? k % count : 0),
+        q_seq(p.q_seq != nullptr ? p.q_seq[qi] : -1),
+        back(p.order == kZigZag && (k & 1) != 0) {
+        j  = from(0);
+        su = si;
+    }
+
+    __device__ __forceinline__ int unit_at(int i) const {  // the unit at position i of this slot's order
+        const int m = back ? count - 1 - i : m0 + i < count ? m0 + i : m0 + i - count;
+        return k + m * step;
+    }
+
+    // the first position from i on whose unit the query token sees (si: its segment); -1: none
+    __device__ __forceinline__ int from(int i) {
+        for (; i < count; ++i) {
+            const int u = unit_at(i);
+            while (si > 0 && p.seg[si].unit0 > u) {
+                --si;
+            }
+            while (si + 1 < p.n_segments && p.seg[si + 1].unit0 <= u) {
+                ++si;
+            }
+            if (p.seg[si].seq < 0 || p.seg[si].seq == q_seq) {  // another sequence's regions: uniform per block
+                return i;
+            }
+        }
+        return -1;
+    }
+
+    // Calls f(segment, unit, next, next_unit) for each remaining unit; next is the index in p.seg of the warp's
+    // following unit (-1 after the last one), next_unit its unit.
+    template <class F> __device__ __forceinline__ void run(F && f) {
+        while (j >= 0) {
+            const int       u  = unit_at(j);
+            const int       jn = from(j + 1);
+            const Segment & s  = p.seg[su];
+            f(s, u - s.unit0, jn >= 0 ? si : -1, jn >= 0 ? unit_at(jn) - p.seg[si].unit0 : 0);
+            j  = jn;
+            su = si;
+        }
+    }
+};
+
 // A warp's two shared-memory stages for quantized units (cp.async, double-buffered): enter(), before each unit,
 // waits for the unit's copy (started with the previous unit, or now) and starts the copy of the warp's next unit into
 // the other stage; it returns the unit's stage. copy(segment, unit, dst) issues one unit's copies. After the unit the
@@ -140,7 +209,7 @@ struct WarpStages {
     uint8_t * a;
     uint8_t * b;
     bool      in_b   = false;  // the current unit's stage is b
-    bool      staged = false;  // the current unit's copy was started with the previous unit
+    bool      staged = false;  // the current unit's copy was started with the previous unit (or by prefetch)
 
     __device__ __forceinline__ WarpStages(uint8_t * a, uint8_t * b) : a(a), b(b) {}
 
@@ -166,61 +235,17 @@ struct WarpStages {
         in_b = !in_b;
         return here;
     }
-};
 
-// Orders in which a warp takes its units (Params::order; the dealing is the same): forward; rotated (warp slot k
-// starts at its (k % count)-th unit and wraps around); zig-zag (odd slots backward). The regions come in segment
-// order (F16 first): forward, every warp reads the F16 units (bandwidth-bound) at the start and the quantized ones
-// (instruction-bound) after; rotated or zig-zag, both kinds run side by side all along, with the warps' reads
-// spread over the region (rotated: over all of it while a slot has at most S units, over its first S units of
-// each slot beyond that) or over two windows per head (zig-zag). Which is faster depends on the kernel
-// (unit_order in cocktail_attn_cuda.cu; bench/NOTES.md has the measurements).
-enum UnitOrder { kForward = 0, kRotated = 1, kZigZag = 2 };
-
-// Calls f(segment, unit, next, next_unit) for this warp's units of the block's split, skipping other sequences'
-// regions; next is the index in p.seg of the warp's following unit (-1 after the last one), next_unit its unit. Units
-// are dealt round-robin over the splits, then over the block's warps, so that every block gets its share of each
-// region (an F16 unit reads 5x the bytes of a Q2 one) and one wave of equal blocks stays balanced; p.order says in
-// which order the warp takes its own.
-template <class F>
-__device__ __forceinline__ void for_each_unit(const Params & p, int qi, int split, int warp, F && f) {
-    const int  q_seq = p.q_seq != nullptr ? p.q_seq[qi] : -1;
-    const int  step = p.n_splits * kWarps, k = split + p.n_splits * warp;
-    const int  count   = k < p.n_units ? (p.n_units - 1 - k) / step + 1 : 0;  // this slot's units k + m step
-    const int  m0      = p.order == kRotated && count > 0 ? k % count : 0;
-    const bool back    = p.order == kZigZag && (k & 1) != 0;
-    const auto unit_at = [&](int j) {  // the unit at position j of this slot's order
-        const int m = back ? count - 1 - j : m0 + j < count ? m0 + j : m0 + j - count;
-        return k + m * step;
-    };
-    int        si   = 0;
-    // the first position from j on whose unit the query token sees (si: its segment); -1: none
-    const auto from = [&](int j) {
-        for (; j < count; ++j) {
-            const int u = unit_at(j);
-            while (si > 0 && p.seg[si].unit0 > u) {
-                --si;
-            }
-            while (si + 1 < p.n_segments && p.seg[si + 1].unit0 <= u) {
-                ++si;
-            }
-            if (p.seg[si].seq < 0 || p.seg[si].seq == q_seq) {  // another sequence's regions: uniform per block
-                return j;
-            }
+    // Starts the copy of the walk's first unit (if quantized) into the first stage, before the block's query tables
+    // are built; the first enter() then only waits for it.
+    template <class F> __device__ __forceinline__ void prefetch(const UnitWalk & walk, F && copy) {
+        if (walk.j >= 0 && quantized(walk.p.seg[walk.su].kind)) {
+            copy(walk.p.seg[walk.su], walk.unit_at(walk.j) - walk.p.seg[walk.su].unit0, a);
+            cp_async_commit();
+            staged = true;
         }
-        return -1;
-    };
-    int j  = from(0);
-    int su = si;
-    while (j >= 0) {
-        const int       u  = unit_at(j);
-        const int       jn = from(j + 1);
-        const Segment & s  = p.seg[su];
-        f(s, u - s.unit0, jn >= 0 ? si : -1, jn >= 0 ? unit_at(jn) - p.seg[si].unit0 : 0);
-        j  = jn;
-        su = si;
     }
-}
+};
 
 // Combines the block's warps' partial softmaxes (running max m, sum l, unnormalized rows acc[warp][g * D + d] for
 // GS query heads) into split `split`'s rows of part_acc / part_ml, for query heads h0 .. h0 + n_g - 1. Every thread
@@ -234,24 +259,31 @@ __device__ void write_split(const Params & p,
                             const float (&m)[kWarps][GS],
                             const float (&l)[kWarps][GS],
                             const float * acc) {
-    for (int i = threadIdx.x; i < n_g * D; i += blockDim.x) {
-        const int g = i / D, d = i % D;
-        float     mmax = -INFINITY;
-        for (int k = 0; k < kWarps; ++k) {
-            mmax = fmaxf(mmax, m[k][g]);
-        }
-        float sum = 0.0f, out = 0.0f;
-        if (mmax != -INFINITY) {
+    constexpr int kThreads = kWarps * 32;  // (the kernels' block size)
+#pragma unroll                             // the rows' chains (m loads, max, exps, sums) overlap
+    for (int it = 0; it < (GS * D + kThreads - 1) / kThreads; ++it) {
+        const int i = static_cast<int>(threadIdx.x) + it * kThreads;
+        if (i < n_g * D) {
+            const int g = i / D, d = i % D;
+            float     mmax = -INFINITY;
+#pragma unroll
             for (int k = 0; k < kWarps; ++k) {
-                const float f = m[k][g] == -INFINITY ? 0.0f : expf(m[k][g] - mmax);
-                sum += l[k][g] * f;
-                out += acc[k * GS * D + g * D + d] * f;
+                mmax = fmaxf(mmax, m[k][g]);
             }
-        }
-        const size_t row        = (static_cast<size_t>(qi) * p.n_head + h0 + g) * p.n_splits + split;
-        p.part_acc[row * D + d] = out;
-        if (d == 0) {
-            p.part_ml[row] = make_float2(mmax, sum);
+            float sum = 0.0f, out = 0.0f;
+            if (mmax != -INFINITY) {
+#pragma unroll
+                for (int k = 0; k < kWarps; ++k) {
+                    const float f = m[k][g] == -INFINITY ? 0.0f : expf(m[k][g] - mmax);
+                    sum += l[k][g] * f;
+                    out += acc[k * GS * D + g * D + d] * f;
+                }
+            }
+            const size_t row        = (static_cast<size_t>(qi) * p.n_head + h0 + g) * p.n_splits + split;
+            p.part_acc[row * D + d] = out;
+            if (d == 0) {
+                p.part_ml[row] = make_float2(mmax, sum);
+            }
         }
     }
 }

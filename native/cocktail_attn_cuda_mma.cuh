@@ -724,34 +724,46 @@ template <int D, bool kOne> __global__ void __launch_bounds__(kWarps * 32, 3) at
     const int h0 = h_kv * p.group + gb * kRows, n_g = min(kRows, p.group - gb * kRows);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
 
-    for (int i = threadIdx.x; i < kRows * D; i += blockDim.x) {
-        const int r = i / D, d = i % D;
-        sh.sqn[r * kSqnRow<D> + d] =
-            r < n_g ? p.scale * *reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(p.q) +
-                                                                 qi * p.q_nb_token + (h0 + r) * p.q_nb_head + 4 * d) :
-                      0.0f;
-    }
-    __syncthreads();
-    for (int r = warp; r < kRows; r += kWarps) {  // each row to [1, 2): its fp16 split keeps ~22 bits
-        float mx = 0.0f;
-        for (int d = lane; d < D; d += 32) {
-            mx = fmaxf(mx, fabsf(sh.sqn[r * kSqnRow<D> + d]));
-        }
-        const int e = scale_exp(warp_max(mx), 0);
-        for (int d = lane; d < D; d += 32) {
-            sh.sqn[r * kSqnRow<D> + d] *= exp2i(e);
-        }
-        if (lane == 0) {
-            sh.qexp[r] = e;
+    // query rows (each warp its own, lane c its channels 4c .. 4c + 3), each scaled to [1, 2) by a power of two so
+    // that its fp16 split keeps ~22 bits: as they are (sqn) and as A fragments (sqa); one barrier publishes them. The
+    // rows' loads go first, then the copy of the warp's first unit, so that both latencies overlap the tables' work.
+    constexpr int kWarpRows = (kRows + kWarps - 1) / kWarps;
+    float4        x[kWarpRows];
+#pragma unroll
+    for (int i = 0; i < kWarpRows; ++i) {
+        const int r = warp + i * kWarps;
+        x[i]        = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (r < n_g && lane < D / 4) {
+            const float * src = reinterpret_cast<const float *>(reinterpret_cast<const uint8_t *>(p.q) +
+                                                                qi * p.q_nb_token + (h0 + r) * p.q_nb_head) +
+                                4 * lane;
+            x[i]              = make_float4(p.scale * src[0], p.scale * src[1], p.scale * src[2], p.scale * src[3]);
         }
     }
-    __syncthreads();
-    for (int i = threadIdx.x; i < kRows * D / 4; i += blockDim.x) {
-        const int    r = i / (D / 4), c4 = i % (D / 4);
-        const float4 x = *reinterpret_cast<const float4 *>(sh.sqn + r * kSqnRow<D> + 4 * c4);
-        uint32_t     a[4];
-        split_frag(x.x, x.y, x.z, x.w, a);
-        sh.sqa[r * kSqaRow<D> + c4] = make_uint4(a[0], a[1], a[2], a[3]);
+    UnitWalk   walk(p, qi, split, warp);
+    WarpStages ws(sh.stage[warp][0], sh.stage[warp][1]);
+    const auto copy = [&](const Segment & seg, int u, uint8_t * dst) {
+        stage_unit<D>(seg, h_kv, u, lane, dst);
+    };
+    ws.prefetch(walk, copy);
+#pragma unroll
+    for (int i = 0; i < kWarpRows; ++i) {
+        const int r = warp + i * kWarps;
+        if (r < kRows) {
+            float4 &    y = x[i];
+            const int   e = scale_exp(warp_max(fmaxf(fmaxf(fabsf(y.x), fabsf(y.y)), fmaxf(fabsf(y.z), fabsf(y.w)))), 0);
+            const float f = exp2i(e);
+            y.x *= f, y.y *= f, y.z *= f, y.w *= f;
+            if (lane < D / 4) {
+                *reinterpret_cast<float4 *>(sh.sqn + r * kSqnRow<D> + 4 * lane) = y;
+                uint32_t a[4];
+                split_frag(y.x, y.y, y.z, y.w, a);
+                sh.sqa[r * kSqaRow<D> + lane] = make_uint4(a[0], a[1], a[2], a[3]);
+            }
+            if (lane == 0) {
+                sh.qexp[r] = e;
+            }
+        }
     }
     __syncthreads();
     const float q_unscale = exp2i(-sh.qexp[kOne ? 0 : g]);
@@ -772,12 +784,9 @@ template <int D, bool kOne> __global__ void __launch_bounds__(kWarps * 32, 3) at
         w.vmin[i] = 0.0f;
     }
     w.m = -INFINITY, w.l = 0.0f, w.e = 0;
-    WarpStages ws(sh.stage[warp][0], sh.stage[warp][1]);
-    float *    pbuf = sh.pbuf[warp];
-    for_each_unit(p, qi, split, warp, [&](const Segment & s, int unit, int next, int next_unit) {
-        uint8_t * here = ws.enter(p, s, unit, next, next_unit, [&](const Segment & seg, int u, uint8_t * dst) {
-            stage_unit<D>(seg, h_kv, u, lane, dst);
-        });
+    float * pbuf = sh.pbuf[warp];
+    walk.run([&](const Segment & s, int unit, int next, int next_unit) {
+        uint8_t * here = ws.enter(p, s, unit, next, next_unit, copy);
         if (quantized(s.kind)) {
             mma_unit<D, kQuantUnit, kOne>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, here,
                                           here + kStagedBlock<D>, pbuf, w);
