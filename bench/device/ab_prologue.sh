@@ -3,11 +3,13 @@
 # builds this tree and runs the attention tests, sweeps the kernels (bench/attn_cuda.py, both shapes, 10/30/60 mix,
 # 2K-64K), then the same build without the merge kernel's launch (an edit of this copy only: the outputs are wrong,
 # the time is the partial kernel's alone), then the kernels of an older commit (incremental rebuilds, one machine).
-# The older commit's three kernel files come from the dev machine, in the ignored-by-nothing folder ab_old/native:
+# The older commit's three kernel files come from the dev machine, in ab_old/native (untracked, sent with the tree):
 #   mkdir -p ab_old/native && for f in cocktail_attn_cuda.cu cocktail_attn_cuda_common.cuh cocktail_attn_cuda_mma.cuh;
 #   do git show 97fa0fb:native/$f > ab_old/native/$f; done
 # Usage: bash bench/device/ab_prologue.sh    → $OUT/{new,nomerge,old}.{json,md}
 set -uo pipefail
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$OUT"
 R="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$R"
 [ -d ab_old/native ] || { echo "ab_old/native missing (see the header)"; exit 2; }

@@ -5,6 +5,8 @@
 # iteration of bench/attn_cuda.py per (shape, depth), and summarizes the printed phases (bench/phase_summary.py).
 # Usage: bash bench/device/phase_probe.sh    → $OUT/phase_<shape>_<depth>.txt, $OUT/phase_summary.md
 set -uo pipefail
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$OUT"
 R="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$R"
 python3 bench/device/phase_probe.py || exit 1

@@ -5,6 +5,8 @@
 # default plan is min(one wave of blocks, units / 4): 49 splits for the Llama-3 shape, 12 for Llama-2's).
 # Usage: bash bench/device/splits_probe.sh    → stdout (bench/results/attn_splits_36e9ad6.txt), $OUT/splits_<S>.*
 set -uo pipefail
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$OUT"
 R="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$R"
 python3 - <<'PY'
