@@ -260,7 +260,8 @@ __device__ void write_split(const Params & p,
                             const float (&l)[kWarps][GS],
                             const float * acc) {
     constexpr int kThreads = kWarps * 32;  // (the kernels' block size)
-#pragma unroll                             // the rows' chains (m loads, max, exps, sums) overlap
+    // unrolled, so that the rows' chains (m loads, max, exps, sums) overlap
+#pragma unroll
     for (int it = 0; it < (GS * D + kThreads - 1) / kThreads; ++it) {
         const int i = static_cast<int>(threadIdx.x) + it * kThreads;
         if (i < n_g * D) {
