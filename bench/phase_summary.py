@@ -14,15 +14,22 @@ from pathlib import Path
 PHASES = ("pro", "stage1", "unit1", "rest", "epi", "total")
 
 
+def _field(pattern: str, line: str) -> re.Match[str]:
+    m = re.search(pattern, line)
+    if m is None:
+        raise SystemExit(f"not a phase line ({pattern!r} missing): {line}")
+    return m
+
+
 def summarize(path: Path) -> dict[str, float]:
     lines = [ln for ln in path.read_text().splitlines() if ln.startswith("PHASE ")][-32:]
     rows = []
     for ln in lines:
-        units = int(re.search(r"units (\d+)", ln).group(1))  # type: ignore[union-attr]
+        units = int(_field(r"units (\d+)", ln).group(1))
         if units == 0:
             continue
-        row = {k: float(re.search(rf"\b{k} (-?\d+)", ln).group(1)) for k in PHASES}  # type: ignore[union-attr]
-        g0, g1 = (int(x) for x in re.search(r"g0 (\d+) g1 (\d+)", ln).groups())  # type: ignore[union-attr]
+        row = {k: float(_field(rf"\b{k} (-?\d+)", ln).group(1)) for k in PHASES}
+        g0, g1 = (int(x) for x in _field(r"g0 (\d+) g1 (\d+)", ln).groups())
         row["units"], row["us"] = units, (g1 - g0) / 1000
         rows.append(row)
     if not rows:
