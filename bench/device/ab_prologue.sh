@@ -15,12 +15,7 @@ cd "$R"
 [ -d ab_old/native ] || { echo "ab_old/native missing (see the header)"; exit 2; }
 COMMIT=ab TESTS="tests/test_attn_cuda.py" bash bench/device/build_cuda.sh -q -x 2>&1 | tail -2
 export PYTHONPATH=/tmp/site
-rebuild() {
-  CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DCOCKTAIL_UPSTREAM_SRC=$R/.bundle/llama_cpp_python-0.3.36" \
-    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" python3 -m pip install -q --no-build-isolation --no-deps --no-index \
-    --upgrade --target /tmp/site --config-settings=build-dir=/tmp/cocktail-build "$R" > "$OUT/rebuild.log" 2>&1 ||
-    tail -20 "$OUT/rebuild.log"
-}
+rebuild() { bash "$R/bench/device/install_cuda.sh" "$OUT/rebuild.log"; }
 sweep() {
   (cd /tmp && python3 "$R/bench/attn_cuda.py" --shapes llama3-8b llama2-7b --depths 2048 8192 32768 65536 \
     --mixes 10/30/60 --iters 30 --out "$OUT/$1.json" 2>&1 | grep "us " | sed "s/^/$1 /")

@@ -14,11 +14,8 @@ mkdir -p "$out"
 site=/tmp/site
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
-export CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHS:-90} -DCOCKTAIL_UPSTREAM_SRC=$repo/.bundle/llama_cpp_python-0.3.36"
-export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
 t0=$(date +%s)
-python3 -m pip install -q --no-build-isolation --no-deps --no-index --upgrade --target "$site" \
-  --config-settings=build-dir=/tmp/cocktail-build . > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
+bash "$repo/bench/device/install_cuda.sh" "$out/build.log" || exit 1
 t1=$(date +%s)
 echo "cuda build: $((t1 - t0)) s (commit ${COMMIT:-unknown})" | tee "$out/summary.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$out/summary.txt"

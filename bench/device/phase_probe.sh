@@ -10,10 +10,7 @@ mkdir -p "$OUT"
 R="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$R"
 python3 bench/device/phase_probe.py || exit 1
-CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DCOCKTAIL_UPSTREAM_SRC=$R/.bundle/llama_cpp_python-0.3.36" \
-  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" python3 -m pip install -q --no-build-isolation --no-deps --no-index \
-  --upgrade --target /tmp/site --config-settings=build-dir=/tmp/cocktail-build "$R" > "$OUT/rebuild.log" 2>&1 ||
-  { tail -20 "$OUT/rebuild.log"; exit 1; }
+bash bench/device/install_cuda.sh "$OUT/rebuild.log" || exit 1
 files=()
 for s in ${SHAPES:-llama3-8b llama2-7b}; do
   for d in ${DEPTHS:-2048 32768}; do
