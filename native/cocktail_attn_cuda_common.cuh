@@ -315,42 +315,57 @@ template <int D> __device__ void merge_if_last(const Params & p, int qi, int h0,
         return;
     }
     __threadfence();
-    // one warp per query head; lane c sums float4 c (+ 32, ...) of the head's rows, weighted by exp(m_s - max)
-    constexpr int  kVec = (D + 127) / 128;
-    const int      warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const float4 * acc4 = reinterpret_cast<const float4 *>(p.part_acc);
+    // one warp per query head; lane c sums float4 c (+ 32, ...) of the head's rows, weighted by exp(m_s - max), kBatch
+    // rows in flight; the first batch is loaded with the first 64 splits' (m, l): one L2 round trip before the sums
+    constexpr int  kVec = (D + 127) / 128, kBatch = 8 / kVec;  // (32 registers of rows)
+    const int      warp = threadIdx.x / 32, lane = threadIdx.x % 32, n = p.n_splits;
+    const bool     on   = D >= 128 || lane < D / 4;             // the lane has channels
+    const float4 * acc4 = reinterpret_cast<const float4 *>(p.part_acc) + lane;
     for (int g = warp; g < n_g; g += kWarps) {
-        const size_t row0 = (static_cast<size_t>(qi) * p.n_head + h0 + g) * p.n_splits;
-        float        mmax = -INFINITY;
-        for (int s = lane; s < p.n_splits; s += 32) {
-            mmax = fmaxf(mmax, __ldcg(p.part_ml + row0 + s).x);
+        const size_t   row0 = (static_cast<size_t>(qi) * p.n_head + h0 + g) * n;
+        const float2 * ml   = p.part_ml + row0;
+        float4         x[kBatch][kVec];
+        const auto     load = [&](int s) {  // rows s .. s + kBatch - 1 (zeros past the last)
+#pragma unroll
+            for (int k = 0; k < kBatch; ++k) {
+#pragma unroll
+                for (int i = 0; i < kVec; ++i) {
+                    x[k][i] = on && s + k < n ? __ldcg(acc4 + (row0 + s + k) * (D / 4) + 32 * i) :
+                                                make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                }
+            }
+        };
+        load(0);
+        const float2 none = make_float2(-INFINITY, 0.0f);
+        const float2 ml0 = lane < n ? __ldcg(ml + lane) : none, ml1 = lane + 32 < n ? __ldcg(ml + lane + 32) : none;
+        float        mmax = fmaxf(ml0.x, ml1.x);
+        for (int s = lane + 64; s < n; s += 32) {
+            mmax = fmaxf(mmax, __ldcg(ml + s).x);
         }
         mmax     = warp_max(mmax);
-        float  l = 0.0f;
+        float  l = 0.0f, w = 0.0f;  // w: the weight of split s0 + lane, s0 the current multiple of 32
         float4 acc[kVec];
 #pragma unroll
         for (int i = 0; i < kVec; ++i) {
             acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
-        for (int s0 = 0; s0 < p.n_splits; s0 += 32) {
-            float w = 0.0f;  // split s0 + lane's weight
-            if (s0 + lane < p.n_splits) {
-                const float2 ml = __ldcg(p.part_ml + row0 + s0 + lane);
-                w               = ml.x == -INFINITY ? 0.0f : expf(ml.x - mmax);
-                l += ml.y * w;
+        for (int s = 0; s < n; s += kBatch) {
+            if (s % 32 == 0) {
+                const float2 m = s == 0 ? ml0 : s == 32 ? ml1 : s + lane < n ? __ldcg(ml + s + lane) : none;
+                w              = m.x == -INFINITY ? 0.0f : expf(m.x - mmax);
+                l += m.y * w;
             }
-            const int n = min(32, p.n_splits - s0);
-#pragma unroll 8
-            for (int k = 0; k < n; ++k) {
-                const float    wk  = __shfl_sync(0xffffffffu, w, k);
-                const float4 * row = acc4 + (row0 + s0 + k) * (D / 4);
+#pragma unroll
+            for (int k = 0; k < kBatch; ++k) {
+                const float wk = __shfl_sync(0xffffffffu, w, s % 32 + k);
 #pragma unroll
                 for (int i = 0; i < kVec; ++i) {
-                    if (D >= 128 || lane < D / 4) {
-                        const float4 x = __ldcg(row + lane + 32 * i);
-                        acc[i].x += wk * x.x, acc[i].y += wk * x.y, acc[i].z += wk * x.z, acc[i].w += wk * x.w;
-                    }
+                    acc[i].x += wk * x[k][i].x, acc[i].y += wk * x[k][i].y;
+                    acc[i].z += wk * x[k][i].z, acc[i].w += wk * x[k][i].w;
                 }
+            }
+            if (s + kBatch < n) {
+                load(s + kBatch);
             }
         }
         l = warp_sum(l);
@@ -358,7 +373,7 @@ template <int D> __device__ void merge_if_last(const Params & p, int qi, int h0,
             reinterpret_cast<float4 *>(p.out + static_cast<size_t>(qi) * p.out_nb_token + (h0 + g) * p.out_nb_head);
 #pragma unroll
         for (int i = 0; i < kVec; ++i) {
-            if (D >= 128 || lane < D / 4) {  // nothing visible (l == 0): zeros, as the CPU op
+            if (on) {  // nothing visible (l == 0): zeros, as the CPU op
                 out[lane + 32 * i] = l > 0.0f ? make_float4(acc[i].x / l, acc[i].y / l, acc[i].z / l, acc[i].w / l) :
                                                 make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             }
