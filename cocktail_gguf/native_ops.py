@@ -259,18 +259,12 @@ def attn_cuda_bench(
     tail_k: np.ndarray | None = None,
     tail_v: np.ndarray | None = None,
     n_iters: int = 50,
-    out: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Times the CUDA kernels on device copies of the inputs: ms per call, bytes one call reads, its GB/s,
-    and the device's copy bandwidth (GB/s, bytes read + written). `out` (float32, q's shape), if given,
-    receives the output rows of the last timed call."""
-    if out is not None and (out.dtype != np.float32 or out.shape != q.shape):
-        raise ValueError(f"out must be float32 {q.shape}; got {out.dtype} {out.shape}")
-    a, rows, _keep = _attn_args(q, regions, n_head_kv, kq_scale, tail_k, tail_v, None)
+    and the device's copy bandwidth (GB/s, bytes read + written)."""
+    a, _out, _keep = _attn_args(q, regions, n_head_kv, kq_scale, tail_k, tail_v, None)
     ms, nbytes, copy = ffi.new("double *"), ffi.new("double *"), ffi.new("double *")
     check(lib().cocktail_attn_mixed_regions_cuda_bench(a, n_iters, ms, nbytes, copy), "cuda bench")
-    if out is not None:
-        out[...] = rows
     return {
         "ms": ms[0],
         "bytes_read": nbytes[0],

@@ -17,12 +17,12 @@ extern "C" {
 #endif
 
 enum cocktail_status {
-    COCKTAIL_OK           = 0,
-    COCKTAIL_EINVAL       = -1,  // bad argument (user input)
-    COCKTAIL_ESTATE       = -2,  // call not valid in the current state
-    COCKTAIL_ENOMEM       = -3,  // allocation failed
-    COCKTAIL_EUNSUPPORTED = -4,  // model/backend cannot do this
-    COCKTAIL_EINTERNAL    = -5,
+    COCKTAIL_OK            = 0,
+    COCKTAIL_EINVAL        = -1,  // bad argument (user input)
+    COCKTAIL_ESTATE        = -2,  // call not valid in the current state
+    COCKTAIL_ENOMEM        = -3,  // allocation failed
+    COCKTAIL_EUNSUPPORTED  = -4,  // model/backend cannot do this
+    COCKTAIL_EINTERNAL     = -5,
 };
 
 // Precision of one context chunk's K/V (a plan is one of these per chunk).
@@ -47,10 +47,8 @@ COCKTAIL_API int cocktail_device_info(int index, char * buf, size_t buf_size);
 struct llama_context;
 // Bytes llama.cpp allocated for a context, summed over devices: model weights, its own KV cache
 // ("context": llama.cpp's cache only, not our regions) and compute buffers.
-COCKTAIL_API int cocktail_memory_bytes(const struct llama_context * ctx,
-                                       size_t *                     model,
-                                       size_t *                     context,
-                                       size_t *                     compute);
+COCKTAIL_API int cocktail_memory_bytes(const struct llama_context * ctx, size_t * model, size_t * context,
+                                       size_t * compute);
 
 // ---- formats and ops (tests) ----
 // Owned by the formats/ops work (native/cocktail_kv_format.*, native/cocktail_attn_cpu.*); byte layouts and
@@ -64,41 +62,21 @@ enum cocktail_kv_part {
 
 // Bytes of one region's K or V buffer: n_tokens tokens of one precision, n_head_kv heads, head_dim channels
 // (a multiple of 32). Q4: 5.0 bits/element, Q2: 3.0, F16: 16 (a partial last 32-token block is padded).
-COCKTAIL_API int cocktail_region_bytes(int      precision,
-                                       int      part,
-                                       int      n_tokens,
-                                       int      n_head_kv,
-                                       int      head_dim,
+COCKTAIL_API int cocktail_region_bytes(int precision, int part, int n_tokens, int n_head_kv, int head_dim,
                                        size_t * out_bytes);
 
 // Gathers cells[0..n_tokens) of an fp16 source into region positions 0..n_tokens and quantizes them into dst.
 // Source element (cell, channel, head) is at src + cell*src_nb_token + channel*src_nb_channel + head*src_nb_head;
 // every cell must be in [0, src_n_cells). The llama.cpp K cache [head_dim, n_cells, n_head_kv] has
 // nb_channel = 2; its transposed V (flash-attn off) has nb_token = 2.
-COCKTAIL_API int cocktail_pack_region(int          precision,
-                                      int          part,
-                                      void *       dst,
-                                      size_t       dst_size,
-                                      int          n_tokens,
-                                      int          n_head_kv,
-                                      int          head_dim,
-                                      const void * src,
-                                      size_t       src_nb_token,
-                                      size_t       src_nb_channel,
-                                      size_t       src_nb_head,
-                                      int          src_n_cells,
-                                      const int *  cells,
-                                      int          n_threads);
+COCKTAIL_API int cocktail_pack_region(int precision, int part, void * dst, size_t dst_size, int n_tokens,
+                                      int n_head_kv, int head_dim, const void * src, size_t src_nb_token,
+                                      size_t src_nb_channel, size_t src_nb_head, int src_n_cells, const int * cells,
+                                      int n_threads);
 
 // Dequantizes a region buffer into float dst[n_head_kv][n_tokens][head_dim] (contiguous).
-COCKTAIL_API int cocktail_dequant_region(int          precision,
-                                         int          part,
-                                         const void * src,
-                                         size_t       src_size,
-                                         int          n_tokens,
-                                         int          n_head_kv,
-                                         int          head_dim,
-                                         float *      dst);
+COCKTAIL_API int cocktail_dequant_region(int precision, int part, const void * src, size_t src_size, int n_tokens,
+                                         int n_head_kv, int head_dim, float * dst);
 
 // One region of the past context: n_tokens tokens (0 = empty) of one precision, K and V buffers as packed above.
 struct cocktail_kv_region {
@@ -151,28 +129,15 @@ COCKTAIL_API int cocktail_attn_mixed_regions(const struct cocktail_attn_args * a
 COCKTAIL_API int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args * args);
 // cocktail_pack_region on the CUDA device (the same bytes; compaction runs it in place on a layer whose cache is
 // on the GPU): src, cells and dst are host memory, copied to and from the current device. No n_threads.
-COCKTAIL_API int cocktail_pack_region_cuda(int          precision,
-                                           int          part,
-                                           void *       dst,
-                                           size_t       dst_size,
-                                           int          n_tokens,
-                                           int          n_head_kv,
-                                           int          head_dim,
-                                           const void * src,
-                                           size_t       src_nb_token,
-                                           size_t       src_nb_channel,
-                                           size_t       src_nb_head,
-                                           int          src_n_cells,
-                                           const int *  cells);
-// Benchmark of the same call: inputs uploaded once, then *ms = mean time of one call (its kernels, CUDA events,
-// n_iters calls back to back after 3 warm-ups), *bytes_read = bytes one call reads (regions + fp16 tail + q),
-// *copy_gbps = this device's device-to-device cudaMemcpy bandwidth (bytes read + written per second, 1 GiB); out
-// gets the last call's rows (the kernels keep state between calls: their split counters).
-COCKTAIL_API int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn_args * args,
-                                                        int                               n_iters,
-                                                        double *                          ms,
-                                                        double *                          bytes_read,
-                                                        double *                          copy_gbps);
+COCKTAIL_API int cocktail_pack_region_cuda(int precision, int part, void * dst, size_t dst_size, int n_tokens,
+                                           int n_head_kv, int head_dim, const void * src, size_t src_nb_token,
+                                           size_t src_nb_channel, size_t src_nb_head, int src_n_cells,
+                                           const int * cells);
+// Benchmark of the same call: inputs uploaded once, then *ms = mean time of one call (both kernels, CUDA events,
+// n_iters calls after 3 warm-ups), *bytes_read = bytes one call reads (regions + fp16 tail + q),
+// *copy_gbps = this device's device-to-device cudaMemcpy bandwidth (bytes read + written per second, 1 GiB).
+COCKTAIL_API int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn_args * args, int n_iters,
+                                                        double * ms, double * bytes_read, double * copy_gbps);
 
 // CPU kernel variant: mode -1 queries, 0 forces the portable scalar code, 1 selects AVX2/FMA/F16C when the CPU has
 // them. Returns the variant now in use (1 = AVX2, 0 = scalar). Process-wide; for tests and benchmarks.
@@ -202,22 +167,15 @@ struct cocktail_layer_regions {
 // BOS); chunk i (chunk_size tokens from pos0 + i*chunk_size) gets precisions[i] (enum cocktail_precision). Tokens
 // after the n_chunks*chunk_size planned ones (the context's remainder, query, generated tokens) stay F16 in
 // llama.cpp's cache. Replaces the context's previous plan and regions.
-COCKTAIL_API int cocktail_set_plan(struct llama_context * ctx,
-                                   int32_t                seq_id,
-                                   int32_t                pos0,
-                                   int32_t                chunk_size,
-                                   const uint8_t *        precisions,
-                                   int32_t                n_chunks,
-                                   int32_t                n_context_tokens);
+COCKTAIL_API int cocktail_set_plan(struct llama_context * ctx, int32_t seq_id, int32_t pos0, int32_t chunk_size,
+                                   const uint8_t * precisions, int32_t n_chunks, int32_t n_context_tokens);
 // Drops the plan and regions (the llama.cpp cache is left as it is).
 COCKTAIL_API int cocktail_clear(struct llama_context * ctx, int32_t seq_id);
 // After prefill: packs every layer's planned K/V rows into its regions (F16 chunks, then Q4, then Q2) and removes
 // those positions from llama.cpp's cache; later ubatches attend to regions + cache through the graph hook.
 COCKTAIL_API int cocktail_compact(struct llama_context * ctx, int32_t seq_id);
 // Region sizes of sequence seq_id's model layer `layer` (0 .. n_layer-1).
-COCKTAIL_API int cocktail_region_info(struct llama_context *          ctx,
-                                      int32_t                         seq_id,
-                                      int32_t                         layer,
+COCKTAIL_API int cocktail_region_info(struct llama_context * ctx, int32_t seq_id, int32_t layer,
                                       struct cocktail_layer_regions * out);
 // COCKTAIL_EINTERNAL with the message if a graph build or attention op of this context hit an error since the plan
 // of any of its sequences.

@@ -551,15 +551,98 @@ attn_partial(const Params p) {
     }
     __syncthreads();
     write_split<D, GS>(p, qi, split, h0, n_g, s_m, s_l, &sh.acc[0][0]);
-    merge_if_last<D>(p, qi, h0, n_g);
 }
 
-// Zero output rows (a launch with nothing visible: the partial kernel's blocks, which merge, do not run), as the CPU
-// op. One block per (head, query token).
-__global__ void attn_zero_rows(int D, uint8_t * out, size_t out_nb_token, size_t out_nb_head) {
-    float * row = reinterpret_cast<float *>(out + blockIdx.y * out_nb_token + blockIdx.x * out_nb_head);
+constexpr int kMergeWarps = 8;
+
+// x reduced over the block (every thread gets the result); `red` holds one float per warp.
+template <bool kMax> __device__ float block_reduce(float x, float * red) {
+    x              = kMax ? warp_max(x) : warp_sum(x);
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0) {
+        red[warp] = x;
+    }
+    __syncthreads();
+    x = red[0];
+    for (int w = 1; w < kMergeWarps; ++w) {
+        x = kMax ? fmaxf(x, red[w]) : x + red[w];
+    }
+    __syncthreads();  // red is reused
+    return x;
+}
+
+// Splits' rows of part_acc that each thread of the merge has in flight at once.
+constexpr int kMergeBatch = 4;
+
+// One block per (query token, head): merges the splits' partial softmaxes into the output row. Thread i sums channels
+// 4c .. 4c + 3 (c = i % (D / 4)) of the rows of splits i / (D / 4), + P, + 2P, ... (P = threads / (D / 4)), as
+// float4 loads, kMergeBatch rows in flight; the first batch is loaded before the splits' weights are found, so that
+// its latency overlaps theirs. The per-thread sums meet in shared memory. part_acc is 16-byte aligned (launch_merge).
+// Dynamic shared memory: n_splits rounded up to 4, then kMergeWarps * 32 float4.
+__global__ void __launch_bounds__(kMergeWarps * 32) attn_merge(const float *  part_acc,
+                                                               const float2 * part_ml,
+                                                               int            n_splits,
+                                                               int            n_head,
+                                                               int            D,
+                                                               uint8_t *      out,
+                                                               size_t         out_nb_token,
+                                                               size_t         out_nb_head) {
+    extern __shared__ float merge_smem[];
+    __shared__ float        red[kMergeWarps];
+    float *                 wts  = merge_smem;                                                       // [n_splits]
+    float4 *                sums = reinterpret_cast<float4 *>(merge_smem + (n_splits + 3) / 4 * 4);  // [threads]
+    const int               qi = blockIdx.y, h = blockIdx.x;
+    const size_t            row0  = (static_cast<size_t>(qi) * n_head + h) * n_splits;
+    const int               quads = D / 4, rows = blockDim.x / quads, c = threadIdx.x % quads, r0 = threadIdx.x / quads;
+    const float4 *          acc4 = reinterpret_cast<const float4 *>(part_acc + row0 * D) + c;
+
+    const auto load_batch = [&](int s, float4(&x)[kMergeBatch]) {
+#pragma unroll
+        for (int k = 0; k < kMergeBatch; ++k) {
+            const int sk = s + k * rows;
+            x[k]         = sk < n_splits ? acc4[static_cast<size_t>(sk) * quads] : make_float4(0, 0, 0, 0);
+        }
+    };
+    float4 x[kMergeBatch];
+    load_batch(r0, x);
+
+    float mmax = -INFINITY;
+    for (int s = threadIdx.x; s < n_splits; s += blockDim.x) {
+        mmax = fmaxf(mmax, part_ml[row0 + s].x);
+    }
+    mmax    = block_reduce<true>(mmax, red);
+    float l = 0.0f;
+    for (int s = threadIdx.x; s < n_splits; s += blockDim.x) {
+        const float2 ml = part_ml[row0 + s];
+        const float  f  = mmax == -INFINITY || ml.x == -INFINITY ? 0.0f : expf(ml.x - mmax);
+        wts[s]          = f;
+        l += ml.y * f;
+    }
+    l = block_reduce<false>(l, red);  // its barrier also publishes wts
+
+    float4 acc = make_float4(0, 0, 0, 0);
+    for (int s = r0;; s += kMergeBatch * rows) {
+#pragma unroll
+        for (int k = 0; k < kMergeBatch; ++k) {
+            const int   sk = s + k * rows;
+            const float f  = sk < n_splits ? wts[sk] : 0.0f;
+            acc.x = fmaf(f, x[k].x, acc.x), acc.y = fmaf(f, x[k].y, acc.y);
+            acc.z = fmaf(f, x[k].z, acc.z), acc.w = fmaf(f, x[k].w, acc.w);
+        }
+        if (s + kMergeBatch * rows >= n_splits) {
+            break;
+        }
+        load_batch(s + kMergeBatch * rows, x);
+    }
+    sums[threadIdx.x] = acc;
+    __syncthreads();
+    const float * sum1 = reinterpret_cast<const float *>(sums);
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        row[d] = 0.0f;
+        float a = 0.0f;
+        for (int r = 0; r < rows; ++r) {
+            a += sum1[r * D + d];
+        }
+        reinterpret_cast<float *>(out + qi * out_nb_token + h * out_nb_head)[d] = l > 0.0f ? a / l : 0.0f;
     }
 }
 
@@ -755,11 +838,22 @@ void plan_launch(Params & p, int D, Kernel k, int max_splits) {
                                         std::max(1, max_splits) }));
 }
 
-// Zeros as the output rows of a launch with nothing visible.
-int launch_zero(const Params & p, int D, cudaStream_t stream) {
-    attn_zero_rows<<<dim3(p.n_head, p.n_q), 128, 0, stream>>>(D, p.out, p.out_nb_token, p.out_nb_head);
+// The merge kernel: out rows (strides in bytes) from n_splits partial results (0: zeros).
+int launch_merge(const Params & p,
+                 int            n_splits,
+                 int            D,
+                 void *         out,
+                 size_t         out_nb_token,
+                 size_t         out_nb_head,
+                 cudaStream_t   stream) {
+    if (reinterpret_cast<uintptr_t>(p.part_acc) % 16 != 0) {  // (float4 loads; the scratch is 256-byte aligned)
+        return fail(COCKTAIL_EINTERNAL, "cocktail_attn_mixed_regions_cuda: split scratch not 16-byte aligned");
+    }
+    const size_t smem = ((static_cast<size_t>(n_splits) + 3) / 4 * 4 + 4 * kMergeWarps * 32) * sizeof(float);
+    attn_merge<<<dim3(p.n_head, p.n_q), kMergeWarps * 32, smem, stream>>>(
+        p.part_acc, p.part_ml, n_splits, p.n_head, D, static_cast<uint8_t *>(out), out_nb_token, out_nb_head);
     if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) {
-        return cuda_fail(err, "attn_zero_rows launch");
+        return cuda_fail(err, "attn_merge launch");
     }
     return COCKTAIL_OK;
 }
@@ -826,7 +920,7 @@ struct DeviceCall {
     CudaGraphAttn                   call;
     std::vector<cocktail_kv_region> regions;  // the args' regions, device pointers
     std::vector<DeviceBuffer>       bufs;
-    DeviceBuffer                    scratch, out, counters;
+    DeviceBuffer                    scratch, out;
     size_t                          out_bytes = 0, bytes_read = 0;
     int                             n_units = 0;
 };
@@ -903,16 +997,12 @@ int upload_call(const cocktail_attn_args & a, DeviceCall & c) {
     c.out_bytes    = static_cast<size_t>(n_q) * a.n_head * D * sizeof(float);
     d.out_nb_token = static_cast<size_t>(a.n_head) * D * sizeof(float), d.out_nb_head = D * sizeof(float);
     c.call.scratch_bytes = cuda_graph_attn_scratch(c.call);
-    c.call.n_counters    = static_cast<size_t>(n_q) * a.n_head;
     if ((err = c.scratch.upload(nullptr, c.call.scratch_bytes)) != cudaSuccess ||
-        (err = c.out.upload(nullptr, c.out_bytes)) != cudaSuccess ||
-        (err = c.counters.upload(nullptr, c.call.n_counters * sizeof(unsigned))) != cudaSuccess ||
-        (err = cudaMemset(c.counters.ptr, 0, c.call.n_counters * sizeof(unsigned))) != cudaSuccess) {
+        (err = c.out.upload(nullptr, c.out_bytes)) != cudaSuccess) {
         return cuda_fail(err, "allocating scratch");
     }
-    c.call.scratch  = c.scratch.ptr;
-    c.call.counters = static_cast<unsigned *>(c.counters.ptr);
-    d.out           = static_cast<float *>(c.out.ptr);
+    c.call.scratch = c.scratch.ptr;
+    d.out          = static_cast<float *>(c.out.ptr);
     // poison: a row the kernels forget to write comes back NaN
     if ((err = cudaMemset(c.out.ptr, 0xff, c.out_bytes)) != cudaSuccess ||
         (err = cudaMemset(c.scratch.ptr, 0xff, c.call.scratch_bytes)) != cudaSuccess) {
@@ -1016,37 +1106,26 @@ int cuda_graph_attn(const CudaGraphAttn & call, void * stream) {
     if (int rc = graph_params(call, p); rc != COCKTAIL_OK) {
         return rc;
     }
-    p.out = reinterpret_cast<uint8_t *>(a.out), p.out_nb_token = a.out_nb_token, p.out_nb_head = a.out_nb_head;
-    auto * st = static_cast<cudaStream_t>(stream);
-    if (p.n_units == 0) {
-        return launch_zero(p, a.head_dim, st);  // nothing visible: zeros, as the CPU op
-    }
     const size_t per_split  = scratch_bytes_per_split(p, a.head_dim);
     const int    max_splits = static_cast<int>(std::min<size_t>(call.scratch_bytes / per_split, 1 << 30));
-    if (max_splits < 1) {
-        return fail(COCKTAIL_EINTERNAL, "segmented cache on CUDA: scratch of " + std::to_string(call.scratch_bytes) +
-                                            " bytes, " + std::to_string(per_split) + " needed at least");
+    auto *       st         = static_cast<cudaStream_t>(stream);
+    int          n_splits   = 0;  // nothing visible: the merge writes zeros, as the CPU op
+    if (p.n_units > 0) {
+        if (max_splits < 1) {
+            return fail(COCKTAIL_EINTERNAL, "segmented cache on CUDA: scratch of " +
+                                                std::to_string(call.scratch_bytes) + " bytes, " +
+                                                std::to_string(per_split) + " needed at least");
+        }
+        p.part_acc = static_cast<float *>(call.scratch);
+        p.part_ml =
+            reinterpret_cast<float2 *>(static_cast<uint8_t *>(call.scratch) +
+                                       static_cast<size_t>(p.n_q) * p.n_head * max_splits * a.head_dim * sizeof(float));
+        if (int rc = run(a.head_dim, p, st, max_splits); rc != COCKTAIL_OK) {
+            return rc;
+        }
+        n_splits = p.n_splits;
     }
-    // the blocks that merge read the split rows and write the output as float4
-    const auto aligned = [](const void * ptr, size_t nb_a, size_t nb_b) {
-        return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && nb_a % 16 == 0 && nb_b % 16 == 0;
-    };
-    if (!aligned(call.scratch, 0, 0) || !aligned(a.out, a.out_nb_token, a.out_nb_head)) {
-        return fail(COCKTAIL_EINTERNAL, "segmented cache on CUDA: split scratch or output rows not 16-byte aligned");
-    }
-    // every block column of the launch (query token x (KV head, group block)) has a counter: n_head per token bounds
-    // the columns of every kernel
-    if (call.counters == nullptr || call.n_counters < static_cast<size_t>(p.n_q) * p.n_head) {
-        return fail(COCKTAIL_EINTERNAL, "segmented cache on CUDA: " + std::to_string(call.n_counters) +
-                                            " split counters for " + std::to_string(p.n_q) + " query tokens x " +
-                                            std::to_string(p.n_head) + " heads");
-    }
-    p.counters = call.counters;
-    p.part_acc = static_cast<float *>(call.scratch);
-    p.part_ml =
-        reinterpret_cast<float2 *>(static_cast<uint8_t *>(call.scratch) +
-                                   static_cast<size_t>(p.n_q) * p.n_head * max_splits * a.head_dim * sizeof(float));
-    return run(a.head_dim, p, st, max_splits);
+    return launch_merge(p, n_splits, a.head_dim, a.out, a.out_nb_token, a.out_nb_head, st);
 }
 
 }  // namespace cocktail
@@ -1103,16 +1182,12 @@ extern "C" int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn
             return rc;
         }
     }
-    cudaMemset(c.out.ptr, 0xff, c.out_bytes);  // poisoned again: the rows that come back are the timed calls'
     cudaEventRecord(t0);
     for (int i = 0; i < n_iters; ++i) {
         cuda_graph_attn(c.call, nullptr);
     }
     cudaEventRecord(t1);
-    std::vector<float> out_host(c.out_bytes / sizeof(float));
-    if ((err = cudaEventSynchronize(t1)) == cudaSuccess &&
-        (err = cudaMemcpy(out_host.data(), c.out.ptr, c.out_bytes, cudaMemcpyDeviceToHost)) == cudaSuccess) {
-        write_rows(*args, out_host.data());
+    if ((err = cudaEventSynchronize(t1)) == cudaSuccess) {
         cudaEventElapsedTime(&elapsed, t0, t1);
         *ms                     = elapsed / n_iters;
         *bytes_read             = static_cast<double>(c.bytes_read);

@@ -44,10 +44,7 @@ struct Params {
     const int32_t * q_seq;     // sequence of each query token (device), or nullptr: every segment is for every token
     float *         part_acc;  // [n_q][n_head][n_splits][D]
     float2 *        part_ml;   // [n_q][n_head][n_splits]: running max, sum of exp
-    int             order;     // UnitOrder: in which order a warp takes its units (UnitWalk)
-    unsigned *      counters;  // [n_q][grid x]: splits done per block column (zero between launches; merge_if_last)
-    uint8_t *       out;       // output rows [n_q][n_head][D] (floats) under these byte strides
-    size_t          out_nb_token, out_nb_head;
+    int             order;     // UnitOrder: in which order a warp takes its units (for_each_unit)
 };
 
 __device__ __forceinline__ float h2f(const uint8_t * p) {
@@ -251,10 +248,9 @@ struct WarpStages {
 };
 
 // Combines the block's warps' partial softmaxes (running max m, sum l, unnormalized rows acc[warp][g * D + d] for
-// GS query heads) into split `split`'s rows of part_acc / part_ml, for query heads h0 .. h0 + n_g - 1 (n_g <= kRows,
-// a compile-time bound on the rows: GS, or 1 for a kernel with one query head per block). Every thread of the block
-// calls it after a barrier that publishes m, l and acc.
-template <int D, int GS, int kRows = GS>
+// GS query heads) into split `split`'s rows of part_acc / part_ml, for query heads h0 .. h0 + n_g - 1. Every thread
+// of the block calls it after a barrier that publishes m, l and acc.
+template <int D, int GS>
 __device__ void write_split(const Params & p,
                             int            qi,
                             int            split,
@@ -266,7 +262,7 @@ __device__ void write_split(const Params & p,
     constexpr int kThreads = kWarps * 32;  // (the kernels' block size)
     // unrolled, so that the rows' chains (m loads, max, exps, sums) overlap
 #pragma unroll
-    for (int it = 0; it < (kRows * D + kThreads - 1) / kThreads; ++it) {
+    for (int it = 0; it < (GS * D + kThreads - 1) / kThreads; ++it) {
         const int i = static_cast<int>(threadIdx.x) + it * kThreads;
         if (i < n_g * D) {
             const int g = i / D, d = i % D;
@@ -288,94 +284,6 @@ __device__ void write_split(const Params & p,
             p.part_acc[row * D + d] = out;
             if (d == 0) {
                 p.part_ml[row] = make_float2(mmax, sum);
-            }
-        }
-    }
-}
-
-// After write_split, every thread of the block: the last of the n_splits blocks of this block's grid column (query
-// token qi, the same query heads) to get here merges all splits' rows of its query heads h0 .. h0 + n_g - 1 into
-// the output; the others return. So no second kernel (and no launch gap) follows the partial one. The column's
-// counter (p.counters) is zero when the launch starts; each block adds one after its rows are out (fenced), and the
-// block that takes the last ticket sets it back to zero for the next launch. The rows are read through L2 (ld.cg):
-// other SMs wrote them.
-template <int D> __device__ void merge_if_last(const Params & p, int qi, int h0, int n_g) {
-    __shared__ bool last;
-    __threadfence();  // this thread's split rows, before the block's ticket
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned * counter = p.counters + static_cast<size_t>(qi) * gridDim.x + blockIdx.x;
-        last               = atomicAdd(counter, 1u) == static_cast<unsigned>(p.n_splits - 1);
-        if (last) {
-            atomicExch(counter, 0u);
-        }
-    }
-    __syncthreads();
-    if (!last) {
-        return;
-    }
-    __threadfence();
-    // one warp per query head; lane c sums float4 c (+ 32, ...) of the head's rows, weighted by exp(m_s - max), kBatch
-    // rows in flight; the first batch is loaded with the first 64 splits' (m, l): one L2 round trip before the sums
-    constexpr int  kVec = (D + 127) / 128, kBatch = 8 / kVec;  // (32 registers of rows)
-    const int      warp = threadIdx.x / 32, lane = threadIdx.x % 32, n = p.n_splits;
-    const bool     on   = D >= 128 || lane < D / 4;             // the lane has channels
-    const float4 * acc4 = reinterpret_cast<const float4 *>(p.part_acc) + lane;
-    for (int g = warp; g < n_g; g += kWarps) {
-        const size_t   row0 = (static_cast<size_t>(qi) * p.n_head + h0 + g) * n;
-        const float2 * ml   = p.part_ml + row0;
-        float4         x[kBatch][kVec];
-        const auto     load = [&](int s) {  // rows s .. s + kBatch - 1 (zeros past the last)
-#pragma unroll
-            for (int k = 0; k < kBatch; ++k) {
-#pragma unroll
-                for (int i = 0; i < kVec; ++i) {
-                    x[k][i] = on && s + k < n ? __ldcg(acc4 + (row0 + s + k) * (D / 4) + 32 * i) :
-                                                make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                }
-            }
-        };
-        load(0);
-        const float2 none = make_float2(-INFINITY, 0.0f);
-        const float2 ml0 = lane < n ? __ldcg(ml + lane) : none, ml1 = lane + 32 < n ? __ldcg(ml + lane + 32) : none;
-        float        mmax = fmaxf(ml0.x, ml1.x);
-        for (int s = lane + 64; s < n; s += 32) {
-            mmax = fmaxf(mmax, __ldcg(ml + s).x);
-        }
-        mmax     = warp_max(mmax);
-        float  l = 0.0f, w = 0.0f;  // w: the weight of split s0 + lane, s0 the current multiple of 32
-        float4 acc[kVec];
-#pragma unroll
-        for (int i = 0; i < kVec; ++i) {
-            acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
-        for (int s = 0; s < n; s += kBatch) {
-            if (s % 32 == 0) {
-                const float2 m = s == 0 ? ml0 : s == 32 ? ml1 : s + lane < n ? __ldcg(ml + s + lane) : none;
-                w              = m.x == -INFINITY ? 0.0f : expf(m.x - mmax);
-                l += m.y * w;
-            }
-#pragma unroll
-            for (int k = 0; k < kBatch; ++k) {
-                const float wk = __shfl_sync(0xffffffffu, w, s % 32 + k);
-#pragma unroll
-                for (int i = 0; i < kVec; ++i) {
-                    acc[i].x += wk * x[k][i].x, acc[i].y += wk * x[k][i].y;
-                    acc[i].z += wk * x[k][i].z, acc[i].w += wk * x[k][i].w;
-                }
-            }
-            if (s + kBatch < n) {
-                load(s + kBatch);
-            }
-        }
-        l = warp_sum(l);
-        float4 * out =
-            reinterpret_cast<float4 *>(p.out + static_cast<size_t>(qi) * p.out_nb_token + (h0 + g) * p.out_nb_head);
-#pragma unroll
-        for (int i = 0; i < kVec; ++i) {
-            if (on) {  // nothing visible (l == 0): zeros, as the CPU op
-                out[lane + 32 * i] = l > 0.0f ? make_float4(acc[i].x / l, acc[i].y / l, acc[i].z / l, acc[i].w / l) :
-                                                make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             }
         }
     }

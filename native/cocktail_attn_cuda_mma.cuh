@@ -840,8 +840,7 @@ template <int D, bool kOne> __global__ void __launch_bounds__(kWarps * 32, 3) at
         }
     }
     __syncthreads();
-    write_split<D, kMmaRows, kRows>(p, qi, split, h0, n_g, sh.m, sh.l, &sh.acc[0][0]);
-    merge_if_last<D>(p, qi, h0, n_g);
+    write_split<D, kMmaRows>(p, qi, split, h0, n_g, sh.m, sh.l, &sh.acc[0][0]);
 }
 
 }  // namespace cocktail::cuda_impl

@@ -59,17 +59,13 @@ struct CudaRegionSet {
 };
 
 // One call of the graph op: `args` as for the CPU op with every pointer on the device (args.regions unused: `sets`
-// instead), q_seq[i] = the sequence of query token i (device), scratch for the split-K partial results, and
-// `counters`: n_counters >= query tokens x query heads unsigned ints on the device, zero before the first call and
-// kept between calls (the kernels leave them zero), never shared by two calls that may run at once.
+// instead), q_seq[i] = the sequence of query token i (device), and scratch for the split-K partial results.
 struct CudaGraphAttn {
     cocktail_attn_args         args{};
     std::vector<CudaRegionSet> sets;
     const int32_t *            q_seq         = nullptr;
     void *                     scratch       = nullptr;
     size_t                     scratch_bytes = 0;
-    unsigned *                 counters      = nullptr;
-    size_t                     n_counters    = 0;
 };
 
 // Scratch bytes cuda_graph_attn() uses at most for calls of this shape (any tail length) on the current device (0

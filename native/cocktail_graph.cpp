@@ -15,7 +15,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -38,7 +37,6 @@ struct LayerOp {
     std::map<int32_t, const cocktail_kv_region *> regions;             // seq -> its regions (compacted sequences)
     std::vector<SegmentedCache *>                 owners;              // where a runtime error is reported
     size_t                                        scratch_offset = 0;  // CUDA op: the scratch follows the output
-    std::shared_ptr<uint8_t> counters;  // CUDA op: the kernels' split counters (CudaGraphAttn), made by find_op
 
     bool same_as(const LayerOp & o) const {
         return epoch == o.epoch && il == o.il && n_tokens == o.n_tokens && kq_scale == o.kq_scale &&
@@ -188,8 +186,6 @@ CudaGraphAttn cuda_call(const LayerOp & op, const ggml_tensor * const * src, ggm
         c.q_seq         = static_cast<const int32_t *>(dst->src[4]->data);
         c.scratch       = static_cast<char *>(dst->data) + op.scratch_offset;
         c.scratch_bytes = ggml_nbytes(dst) - op.scratch_offset;
-        c.counters      = reinterpret_cast<unsigned *>(op.counters.get());
-        c.n_counters    = op.counters ? op.n_tokens * q->ne[1] : 0;
     }
     return c;
 }
@@ -251,10 +247,8 @@ ggml_tensor * build_cuda_op(ggml_context * ctx0, const LayerOp * op, ggml_tensor
 
 // `fresh`, or the op an earlier graph built with the same content (same epoch, layer, token count, regions): graphs
 // rebuilt from token to token then hand ggml the same node, and ggml-cuda replays its captured CUDA graph instead
-// of launching every kernel again. Ops of older epochs are dropped. A fresh CUDA op gets its split counters here
-// (query tokens x query heads, zeroed, on the cache's device: n_head = the q tensor's heads), once per op; throws
-// std::runtime_error when they cannot be made.
-std::shared_ptr<const LayerOp> find_op(const ggml_tensor * k_storage, std::shared_ptr<LayerOp> fresh, int64_t n_head) {
+// of launching every kernel again. Ops of older epochs are dropped.
+std::shared_ptr<const LayerOp> find_op(const ggml_tensor * k_storage, std::shared_ptr<LayerOp> fresh) {
     static std::mutex                                                                           mutex;
     static std::unordered_map<const ggml_tensor *, std::vector<std::shared_ptr<const LayerOp>>> ops;
     std::lock_guard<std::mutex>                                                                 lock(mutex);
@@ -269,10 +263,6 @@ std::shared_ptr<const LayerOp> find_op(const ggml_tensor * k_storage, std::share
         if (o->same_as(*fresh)) {
             return o;
         }
-    }
-    if (fresh->on_device) {
-        const std::vector<uint8_t> zeros(static_cast<size_t>(fresh->n_tokens * n_head) * sizeof(unsigned));
-        fresh->counters = cuda_upload(zeros.data(), zeros.size(), k_storage->data);
     }
     list.push_back(std::move(fresh));
     return list.back();
@@ -384,14 +374,7 @@ ggml_tensor * cocktail_build_attn(ggml_context *     ctx0,
         const size_t out_bytes = q->ne[0] * q->ne[1] * q->ne[2] * sizeof(float);
         op->scratch_offset     = (out_bytes + 255) / 256 * 256;
     }
-    try {
-        in->op = graph_impl::find_op(storage, std::move(op), q->ne[1]);
-    } catch (const std::exception & e) {
-        for (const SeqLayer & s : seqs) {
-            s.owner->set_runtime_error("layer " + std::to_string(il) + ": " + e.what());
-        }
-        return nullptr;
-    }
+    in->op      = graph_impl::find_op(storage, std::move(op));
     in->seq_ids = ggml_get_tensor(ctx0, "cocktail_seq_ids");  // ctx0 holds this graph's tensors only
     if (in->seq_ids == nullptr || in->seq_ids->ne[0] != q->ne[2]) {
         in->seq_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, q->ne[2]);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Where a launch's time goes across the whole grid, ON the GPU machine after bench/device/build_cuda.sh (the CUDA
 # build in /tmp/site, build dir /tmp/cocktail-build): edits this copy of the kernels with bench/device/grid_probe.py
-# (globaltimer at every block's start, split rows and exit; never for a build that is kept), rebuilds, and runs
+# (globaltimer at every block's start and end; never for a build that is kept), rebuilds, and runs
 # bench/attn_cuda.py once per (shape, depth) with the 10/30/60 mix; each run prints one GRID line (see the .py).
 # Usage: bash bench/device/grid_probe.sh    (SHAPES, DEPTHS to choose)  → $OUT/grid_probe.txt
 set -uo pipefail
