@@ -7,8 +7,11 @@ and precision mix. Run on the GPU machine against a CUDA build:
 (COCKTAIL_COMMIT: the commit to record where the tree is no current git checkout, e.g. on the device machine.
 `--orders forward rotated zigzag` times each packed layer under each order in which the warps can take their
 units, through COCKTAIL_UNIT_ORDER; `--mha-kernels auto mma scalar` under each choice of kernel for one query
-head per KV head, through COCKTAIL_MHA_KERNEL (both: every pair). Without them a setting already in the
-environment is used and recorded. `--mixes` also takes F16-heavier mixes than the default four.)
+head per KV head, through COCKTAIL_MHA_KERNEL; `--gqa-layouts pairs rows` under each layout of the tensor-core
+kernel for 4 query heads per KV head, through COCKTAIL_GQA_LAYOUT (several: every combination). Without them a
+setting already in the environment is used and recorded. `--mixes` also takes F16-heavier mixes than the
+default four. `--launches stream graph`: the calls launched one by one (stream, the default) and/or captured
+into one CUDA graph and replayed, as llama.cpp's CUDA backend runs a decode step.)
 
 The kernel alone; decode tokens/s of whole models with it in llama.cpp's graph: bench/tpot_gpu.py.
 """
@@ -44,11 +47,14 @@ MIXES = {
 
 
 # what the kernels read from the environment at each launch, for measuring: field -> (variable, values);
-# unit_order: in which order a warp takes its units; mha_kernel: the kernel for one query head per KV head
+# unit_order: in which order a warp takes its units; mha_kernel: the kernel for one query head per KV head;
+# gqa_layout: the tensor-core kernel's layout for 4 query heads per KV head
 SETTINGS = {
     "unit_order": ("COCKTAIL_UNIT_ORDER", ("forward", "rotated", "zigzag")),
     "mha_kernel": ("COCKTAIL_MHA_KERNEL", ("auto", "mma", "scalar")),
+    "gqa_layout": ("COCKTAIL_GQA_LAYOUT", ("auto", "pairs", "rows")),
 }
+LAUNCHES = ("stream", "graph")  # how the timed calls are launched (record field "launch")
 
 
 def variants(chosen: dict[str, list[str] | None]) -> list[dict[str, str]]:
@@ -61,9 +67,9 @@ def variants(chosen: dict[str, list[str] | None]) -> list[dict[str, str]]:
 
 
 def measure(shape: str, depth: int, mix: dict[str, float], n_iters: int, rng: np.random.Generator,
-            settings: list[dict[str, str]]) -> list[dict]:  # fmt: skip
+            settings: list[dict[str, str]], launches: list[str]) -> list[dict]:  # fmt: skip
     """One packed layer, timed under each of `settings` (record field -> value, set in the environment; a
-    field not given keeps what the caller's environment has, and is recorded where set)."""
+    field not given keeps what the caller's environment has, and is recorded where set) x `launches`."""
     h_kv, group, d = SHAPES[shape]
     k = rng.standard_normal((h_kv, depth, d)).astype(np.float16)
     v = rng.standard_normal((h_kv, depth, d)).astype(np.float16)
@@ -80,11 +86,14 @@ def measure(shape: str, depth: int, mix: dict[str, float], n_iters: int, rng: np
     for setting in settings:
         for field, value in setting.items():
             os.environ[SETTINGS[field][0]] = value
-        r = native_ops.attn_cuda_bench(q, regions, n_head_kv=h_kv, kq_scale=d**-0.5, tail_k=tail_k,
-                                       tail_v=tail_v, n_iters=n_iters)  # fmt: skip
         env = {f: os.environ[var] for f, (var, _) in SETTINGS.items() if os.environ.get(var)}
-        out.append({"ms": r["ms"], "bytes_read": r["bytes_read"], "kv_bytes": kv_bytes, "settings": env,
-                    "attn_kernel_gbps": r["attn_kernel_gbps"], "copy_gbps": r["copy_gbps"]})  # fmt: skip
+        for launch in launches:
+            r = native_ops.attn_cuda_bench(q, regions, n_head_kv=h_kv, kq_scale=d**-0.5, tail_k=tail_k,
+                                           tail_v=tail_v, n_iters=n_iters,
+                                           graph=launch == "graph")  # fmt: skip
+            out.append({"ms": r["ms"], "bytes_read": r["bytes_read"], "kv_bytes": kv_bytes,
+                        "settings": {**env, "launch": launch}, "attn_kernel_gbps": r["attn_kernel_gbps"],
+                        "copy_gbps": r["copy_gbps"]})  # fmt: skip
     return out
 
 
@@ -98,15 +107,21 @@ def main() -> int:
                    help="unit orders to time (COCKTAIL_UNIT_ORDER; default: the kernels')")  # fmt: skip
     p.add_argument("--mha-kernels", nargs="+", choices=SETTINGS["mha_kernel"][1],
                    help="kernels to time for one query head per KV head (COCKTAIL_MHA_KERNEL)")  # fmt: skip
+    p.add_argument("--gqa-layouts", nargs="+", choices=SETTINGS["gqa_layout"][1],
+                   help="layouts to time for 4 query heads per KV head (COCKTAIL_GQA_LAYOUT)")  # fmt: skip
+    p.add_argument("--launches", nargs="+", choices=LAUNCHES, default=["stream"],
+                   help="stream: one launch per call; graph: the calls in one CUDA graph")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("bench/results/attn_cuda.json"))
     args = p.parse_args()
     rng = np.random.default_rng(0)
-    settings = variants({"unit_order": args.orders, "mha_kernel": args.mha_kernels})
+    settings = variants(
+        {"unit_order": args.orders, "mha_kernel": args.mha_kernels, "gqa_layout": args.gqa_layouts}
+    )
     records = []
     for shape in args.shapes:
         for depth in args.depths:
             for name in args.mixes:
-                for m in measure(shape, depth, MIXES[name], args.iters, rng, settings):
+                for m in measure(shape, depth, MIXES[name], args.iters, rng, settings, args.launches):
                     base = {"model": f"{shape}-shape-layer", "backend": "cuda", "kv_mode": "cocktail",
                             "impl": "ours", "mix": MIXES[name], "mix_name": name, "depth": depth,
                             "kv_bytes": m["kv_bytes"], "n_runs": args.iters}  # fmt: skip
@@ -124,7 +139,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     head = f"# attn_cuda\n\ncommit {doc['commit']}, {doc['machine']}, {doc['date']}\n\n`{doc['command']}`\n"
-    shown = [f for f in SETTINGS if any(f in r for r in records)]  # the settings that were set
+    shown = [f for f in (*SETTINGS, "launch") if any(f in r for r in records)]  # the settings that were set
     lines = [head,
              "| shape (one layer) | depth | mix |" + "".join(f" {f.replace('_', ' ')} |" for f in shown)
              + " KV MiB | kernel µs | GB/s | % of copy |",

@@ -259,12 +259,17 @@ def attn_cuda_bench(
     tail_k: np.ndarray | None = None,
     tail_v: np.ndarray | None = None,
     n_iters: int = 50,
+    graph: bool = False,
 ) -> dict[str, float]:
     """Times the CUDA kernels on device copies of the inputs: ms per call, bytes one call reads, its GB/s,
-    and the device's copy bandwidth (GB/s, bytes read + written)."""
+    and the device's copy bandwidth (GB/s, bytes read + written). graph: the n_iters calls captured into one
+    CUDA graph and timed as one replay (as llama.cpp replays a decode step), not launched one by one."""
+    if n_iters < 1:
+        raise ValueError(f"n_iters={n_iters} is not a positive number of calls")
     a, _out, _keep = _attn_args(q, regions, n_head_kv, kq_scale, tail_k, tail_v, None)
     ms, nbytes, copy = ffi.new("double *"), ffi.new("double *"), ffi.new("double *")
-    check(lib().cocktail_attn_mixed_regions_cuda_bench(a, n_iters, ms, nbytes, copy), "cuda bench")
+    rc = lib().cocktail_attn_mixed_regions_cuda_bench(a, n_iters, int(graph), ms, nbytes, copy)
+    check(rc, "cuda bench")
     return {
         "ms": ms[0],
         "bytes_read": nbytes[0],

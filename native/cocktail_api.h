@@ -136,8 +136,12 @@ COCKTAIL_API int cocktail_pack_region_cuda(int precision, int part, void * dst, 
 // Benchmark of the same call: inputs uploaded once, then *ms = mean time of one call (both kernels, CUDA events,
 // n_iters calls after 3 warm-ups), *bytes_read = bytes one call reads (regions + fp16 tail + q),
 // *copy_gbps = this device's device-to-device cudaMemcpy bandwidth (bytes read + written per second, 1 GiB).
+// graph == 0: the calls are launched one after the other on the default stream; graph != 0: the n_iters calls are
+// captured into one CUDA graph (on a stream of their own) and timed as one replay after a warm-up replay, as
+// llama.cpp's CUDA backend replays a decode step's graph.
 COCKTAIL_API int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn_args * args, int n_iters,
-                                                        double * ms, double * bytes_read, double * copy_gbps);
+                                                        int graph, double * ms, double * bytes_read,
+                                                        double * copy_gbps);
 
 // CPU kernel variant: mode -1 queries, 0 forces the portable scalar code, 1 selects AVX2/FMA/F16C when the CPU has
 // them. Returns the variant now in use (1 = AVX2, 0 = scalar). Process-wide; for tests and benchmarks.

@@ -676,7 +676,7 @@ constexpr int max_group_size(int D) {
 constexpr int kMmaMinGroup = 4;
 
 // The partial kernel of a launch: gs query heads per block, on tensor cores (attn_partial_mma: gs = kMmaRows for GQA
-// groups, 1 for MHA) or not (attn_partial<D, gs>).
+// groups in the rows layout, kPairHeads in the pairs layout, 1 for MHA) or not (attn_partial<D, gs>).
 struct Kernel {
     int  gs;
     bool mma;
@@ -713,6 +713,19 @@ template <size_t N> int env_choice(const char * name, const char * const (&value
     return COCKTAIL_OK;
 }
 
+// The layout of the tensor-core kernel for GQA groups of kMmaMinGroup .. kPairHeads query heads (MmaLayout):
+// COCKTAIL_GQA_LAYOUT=auto (the default: pairs), pairs or rows, read at each launch (for measuring, as
+// COCKTAIL_MHA_KERNEL). Larger groups take the rows layout whatever it says.
+enum GqaLayout { kGqaAuto, kGqaPairs, kGqaRows };
+
+int gqa_layout(GqaLayout & k) {
+    static const char * const kNames[] = { "auto", "pairs", "rows" };  // in GqaLayout's order
+    int                       i        = -1;
+    const int                 rc       = env_choice("COCKTAIL_GQA_LAYOUT", kNames, i);
+    k                                  = i < 0 ? kGqaAuto : static_cast<GqaLayout>(i);
+    return rc;
+}
+
 int mha_kernel(MhaKernel & k) {
     static const char * const kNames[] = { "auto", "mma", "scalar" };  // in MhaKernel's order
     int                       i        = -1;
@@ -731,14 +744,16 @@ double f16_share(const Params & p) {
     return all > 0.0 ? f16 / all : 0.0;
 }
 
-// The kernel for p's query heads per KV head, head_dim D and (MHA) F16 share; rc: mha_kernel's (on an error, the
-// kernel that auto would take).
+// The kernel for p's query heads per KV head, head_dim D and (MHA) F16 share; rc: mha_kernel's or gqa_layout's (on
+// an error, the kernel that auto would take).
 Kernel choose_kernel(const Params & p, int D, int & rc) {
     rc = COCKTAIL_OK;
     if (!mma_head_dim(D)) {
         // (scalar kernel below)
     } else if (p.group >= kMmaMinGroup) {
-        return { kMmaRows, true };
+        GqaLayout gl = kGqaAuto;
+        rc           = gqa_layout(gl);
+        return { p.group <= kPairHeads && gl != kGqaRows ? kPairHeads : kMmaRows, true };
     } else if (p.group == 1) {
         MhaKernel mk = kMhaAuto;
         rc           = mha_kernel(mk);
@@ -757,8 +772,9 @@ Kernel choose_kernel(const Params & p, int D, int & rc) {
 template <int D> const void * partial_kernel_d(Kernel k) {
     if constexpr (mma_head_dim(D)) {
         if (k.mma) {
-            return k.gs == 1 ? reinterpret_cast<const void *>(&attn_partial_mma<D, true>) :
-                               reinterpret_cast<const void *>(&attn_partial_mma<D, false>);
+            return k.gs == 1          ? reinterpret_cast<const void *>(&attn_partial_mma<D, kOneHead>) :
+                   k.gs == kPairHeads ? reinterpret_cast<const void *>(&attn_partial_mma<D, kHeadPairs>) :
+                                        reinterpret_cast<const void *>(&attn_partial_mma<D, kHeadRows>);
         }
     }
     if (k.gs == 1) {
@@ -1155,8 +1171,60 @@ extern "C" int cocktail_attn_mixed_regions_cuda(const struct cocktail_attn_args 
     return COCKTAIL_OK;
 }
 
+namespace {
+
+// The bench's stream, events and graph, released on every return.
+struct BenchTimers {
+    cudaStream_t    stream = nullptr;  // nullptr: the default stream (graph == 0)
+    cudaEvent_t     t0 = nullptr, t1 = nullptr;
+    cudaGraph_t     graph = nullptr;
+    cudaGraphExec_t exec  = nullptr;
+
+    ~BenchTimers() {
+        if (exec != nullptr) {
+            cudaGraphExecDestroy(exec);
+        }
+        if (graph != nullptr) {
+            cudaGraphDestroy(graph);
+        }
+        if (t0 != nullptr) {
+            cudaEventDestroy(t0);
+        }
+        if (t1 != nullptr) {
+            cudaEventDestroy(t1);
+        }
+        if (stream != nullptr) {
+            cudaStreamDestroy(stream);
+        }
+    }
+};
+
+// n_iters calls on timers.stream captured into timers.exec; a failed call ends the capture first.
+int capture_calls(const cocktail::CudaGraphAttn & call, int n_iters, BenchTimers & timers) {
+    using cocktail::cuda_impl::cuda_fail;
+    cudaError_t err = cudaStreamBeginCapture(timers.stream, cudaStreamCaptureModeThreadLocal);
+    if (err != cudaSuccess) {
+        return cuda_fail(err, "starting the graph capture");
+    }
+    int rc = COCKTAIL_OK;
+    for (int i = 0; i < n_iters && rc == COCKTAIL_OK; ++i) {
+        rc = cocktail::cuda_graph_attn(call, timers.stream);
+    }
+    err = cudaStreamEndCapture(timers.stream, &timers.graph);
+    if (rc != COCKTAIL_OK) {
+        return rc;
+    }
+    if (err != cudaSuccess || (err = cudaGraphInstantiate(&timers.exec, timers.graph, 0)) != cudaSuccess) {
+        return cuda_fail(err, "capturing the calls into a graph");
+    }
+    return COCKTAIL_OK;
+}
+
+}  // namespace
+
 extern "C" int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn_args * args,
                                                       int                               n_iters,
+                                                      int                               graph,
                                                       double *                          ms,
                                                       double *                          bytes_read,
                                                       double *                          copy_gbps) {
@@ -1172,21 +1240,43 @@ extern "C" int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn
     if (c.n_units == 0) {
         return fail(COCKTAIL_EINVAL, "cocktail_attn_mixed_regions_cuda_bench: no tokens to attend to");
     }
-    cudaEvent_t t0, t1;
-    cudaEventCreate(&t0);
-    cudaEventCreate(&t1);
-    float       elapsed = 0.0f;
-    cudaError_t err     = cudaSuccess;
-    for (int i = 0; i < 3; ++i) {  // warm-up
-        if (int rc = cuda_graph_attn(c.call, nullptr); rc != COCKTAIL_OK) {
+    BenchTimers timers;
+    cudaError_t err = cudaEventCreate(&timers.t0);
+    if (err == cudaSuccess) {
+        err = cudaEventCreate(&timers.t1);
+    }
+    if (err == cudaSuccess && graph != 0) {
+        err = cudaStreamCreateWithFlags(&timers.stream, cudaStreamNonBlocking);
+    }
+    if (err != cudaSuccess) {
+        return cuda_fail(err, "creating the bench's events and stream");
+    }
+    cudaStream_t st = timers.stream;
+    cudaEvent_t  t0 = timers.t0, t1 = timers.t1;
+    float        elapsed = 0.0f;
+    for (int i = 0; i < 3; ++i) {  // warm-up (and the kernels' one-time attributes, outside any capture)
+        if (int rc = cuda_graph_attn(c.call, st); rc != COCKTAIL_OK) {
             return rc;
         }
     }
-    cudaEventRecord(t0);
-    for (int i = 0; i < n_iters; ++i) {
-        cuda_graph_attn(c.call, nullptr);
+    if (graph != 0) {
+        if (int rc = capture_calls(c.call, n_iters, timers); rc != COCKTAIL_OK) {
+            return rc;
+        }
+        if ((err = cudaGraphLaunch(timers.exec, st)) != cudaSuccess ||
+            (err = cudaStreamSynchronize(st)) != cudaSuccess) {
+            return cuda_fail(err, "replaying the graph");
+        }
+        cudaEventRecord(t0, st);
+        cudaGraphLaunch(timers.exec, st);
+        cudaEventRecord(t1, st);
+    } else {
+        cudaEventRecord(t0);
+        for (int i = 0; i < n_iters; ++i) {
+            cuda_graph_attn(c.call, nullptr);
+        }
+        cudaEventRecord(t1);
     }
-    cudaEventRecord(t1);
     if ((err = cudaEventSynchronize(t1)) == cudaSuccess) {
         cudaEventElapsedTime(&elapsed, t0, t1);
         *ms                     = elapsed / n_iters;
@@ -1208,8 +1298,6 @@ extern "C" int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn
             }
         }
     }
-    cudaEventDestroy(t0);
-    cudaEventDestroy(t1);
     if (err == cudaSuccess) {
         err = cudaGetLastError();
     }

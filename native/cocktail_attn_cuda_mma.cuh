@@ -1,7 +1,9 @@
 // Mixed-region attention for grouped-query heads on tensor cores: the contract, split plan and merge of the scalar
 // kernel (cocktail_attn_cuda.cu), for GQA groups where the scalar kernel spends one FMA per code and query head.
-// A one-head variant (kOne, MHA) swaps the operands of S (mma_unit says how); it reads F16 units faster than the
-// scalar kernel and quantized ones slower, so cocktail_attn_cuda.cu takes it by the launch's F16 share.
+// A one-head variant (kOneHead, MHA) swaps the operands of S (mma_unit says how); it reads F16 units faster than the
+// scalar kernel and quantized ones slower, so cocktail_attn_cuda.cu takes it by the launch's F16 share. Groups of up
+// to 4 query heads (kHeadPairs) swap them too, with the heads' values and remainders as column pairs of B, so that no
+// mma is spent on the A rows that 4 heads leave empty in the rows layout (kHeadRows).
 //
 // A block is (query token, KV head, up to 8 of its query heads, token split); each warp takes 32-token units in
 // turn and computes S = Q K^T and O^T += V^T P^T with mma.sync m16n8k16 (fp16 operands, fp32 accumulators):
@@ -23,6 +25,23 @@
 namespace cocktail::cuda_impl {
 
 constexpr int kMmaRows = 8;  // query heads per block (A rows 0-7; 8-15 hold their remainders)
+
+// How a block's query heads meet the codes (mma_unit): kHeadRows, up to 8 heads as A rows 0-7 (their remainders
+// rows 8-15) times the codes as B; kOneHead, one head (MHA) and kHeadPairs, up to kPairHeads heads, with the codes as
+// A and the heads as B's columns 2h (fp16 values) and 2h + 1 (remainders): kOneHead repeats its head in all four
+// column pairs.
+enum MmaLayout { kHeadRows, kOneHead, kHeadPairs };
+
+constexpr int kPairHeads = 4;
+
+// Query heads per block of layout L.
+__host__ __device__ constexpr int layout_heads(MmaLayout L) {
+    return L == kHeadRows ? kMmaRows : L == kOneHead ? 1 : kPairHeads;
+}
+
+// Floats per head row of a warp's probability buffer (kOneHead, kHeadPairs): 4 more than a unit, so that the rows'
+// float2 stores of one g fall on other banks.
+constexpr int kPbufRow = kUnit + 4;
 
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
@@ -265,12 +284,15 @@ __device__ __noinline__ uint4 tail_k_slice(const uint8_t * row) {
 // shared-memory copies); kF16Unit: an F16 region's unit; kTailUnit: the tail's (its strides and mask). The quantized
 // K loop stays rolled (the kernel's code has to fit the instruction cache; unrolled by 2 it was no faster); the
 // F16 / tail K loop is unrolled, so that its global loads are all in flight at once (all-F16 6 % faster).
-// kOne (one query head per KV head, MHA): S^T = K Q^T with K as A (rows tokens: the fragments the codes give anyway)
-// and the query as B, its fp16 values in the even columns and remainders in the odd ones, so that every lane of a
-// row holds its two tokens' scores (columns 2t + 2t+1) and no mma is spent on absent heads: 2 score mmas per k-step,
-// not 4, and one O^T mma per tile (P^T's values and remainders as the even and odd columns), not 2. The softmax then
-// runs per token over the warp, and the probabilities go through `pbuf` (32 floats of the warp's shared memory) to
+// kOneHead (one query head per KV head, MHA): S^T = K Q^T with K as A (rows tokens: the fragments the codes give
+// anyway) and the query as B, its fp16 values in the even columns and remainders in the odd ones, so that every lane
+// of a row holds its two tokens' scores (columns 2t + 2t+1) and no mma is spent on absent heads: 2 score mmas per
+// k-step, not 4, and one O^T mma per tile (P^T's values and remainders as the even and odd columns), not 2. The
+// softmax then runs per token over the warp, and the probabilities go through `pbuf` (the warp's shared memory) to
 // the lanes that hold their tokens' V codes. The sketch of the kernel (MmaWarp) is the same otherwise.
+// kHeadPairs (up to 4 query heads): the same S^T, with head h's values and remainders in B columns 2h, 2h + 1, so
+// that lane t holds head t's scores (its softmax runs over the rows g); the probabilities go through `pbuf` per head,
+// O^T's B columns are the same pairs (one mma per tile, not 2), and o's columns 2t, 2t + 1 are head t's parts.
 enum MmaUnit { kQuantUnit, kF16Unit, kTailUnit };
 
 // Over the eight rows g of a fragment (lanes 4g + t, the same t).
@@ -295,7 +317,7 @@ __device__ __forceinline__ void one_b(const uint32_t (&s)[4], int g, uint32_t & 
     b1 = (g & 1) ? s[3] : s[2];
 }
 
-template <int D, MmaUnit kind, bool kOne>
+template <int D, MmaUnit kind, MmaLayout L>
 __device__ __forceinline__ void mma_unit(const Params &  p,
                                          const Segment & s,
                                          int             qi,
@@ -312,9 +334,10 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     constexpr int  kG = D / 32;
     const int      g = lane >> 2, t = lane & 3;
     constexpr bool kQuant = kind == kQuantUnit, tail = kind == kTailUnit;
-    // this lane's score tokens and their mask (log2 units): columns 2t, 2t+1 of the four score tiles, or (kOne) rows
+    constexpr bool kOne = L == kOneHead, kPairs = L == kHeadPairs, kSwap = L != kHeadRows;  // kSwap: S^T = K Q^T
+    // this lane's score tokens and their mask (log2 units): columns 2t, 2t+1 of the four score tiles, or (kSwap) rows
     // g, g + 8 of the two (tokens tile_token(j, g), j = 0..3: the same in the row's four lanes)
-    constexpr int  kE = kOne ? 1 : 2;
+    constexpr int  kE = kSwap ? 1 : 2;
     bool           vis[4][kE];
     float          add[4][kE];
     bool           any = false;
@@ -322,7 +345,7 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     for (int j = 0; j < 4; ++j) {
 #pragma unroll
         for (int e = 0; e < kE; ++e) {
-            const int tok = unit * kUnit + tile_token(j, kOne ? g : 2 * t + e);
+            const int tok = unit * kUnit + tile_token(j, kSwap ? g : 2 * t + e);
             vis[j][e]     = tok < s.n_tokens;
             add[j][e]     = 0.0f;
             if (tail && vis[j][e] && p.mask != nullptr) {
@@ -338,16 +361,17 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     }
 
     // S = Q K^T: quantized K as q * scale (A) times codes (B) plus q . min (the min row as B in every column, q
-    // from the split table: C rows g and g + 8 hold the bias of row g, no shuffle). kOne: the codes as A, q * scale
-    // as B; q . min a dot product over the warp.
-    constexpr int    kTiles          = kOne ? 2 : 4;
+    // from the split table: C rows g and g + 8 hold the bias of row g, no shuffle). kSwap: the codes as A, q * scale
+    // as B; q . min a dot product over the warp (kOneHead) or the min row as A in every row times q as B (kHeadPairs:
+    // C columns 2t, 2t + 1 hold head t's bias).
+    constexpr int    kTiles          = kSwap ? 2 : 4;
     float            sacc[kTiles][4] = {};
     float            unscale = q_unscale, bias = 0.0f;
     const QuantCodes qc(s.kind == kQ4, g);
     // S += this k-step's product: a = the query's split_frag (q * scale), kc[j] = channels c0, c0+1 | c0+2, c0+3 of
     // token tile_token(j, g)
     const auto       score_mma = [&](const uint32_t (&a)[4], const uint32_t (&kc)[4][2]) {
-        if constexpr (kOne) {
+        if constexpr (kSwap) {
             uint32_t b0, b1;
             one_b(a, g, b0, b1);
 #pragma unroll
@@ -362,8 +386,9 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             }
         }
     };
-    const float * qrow = sqn + (kOne ? 0 : g) * kSqnRow<D>;
-    const int     gc   = (g >> 1) & (kG - 1);  // kOne: this lane's V B column's group (O += P V)
+    const int     qr   = kOne ? 0 : kPairs ? g >> 1 : g;  // the query row of this lane's A row or B column
+    const float * qrow = sqn + qr * kSqnRow<D>;
+    const int     gc   = (g >> 1) & (kG - 1);             // kOne: this lane's V B column's group (O += P V)
     uint32_t      vsc[2][2];  // kOne: the V scales of this lane's B rows (k-step; k 2t, 2t+1 | 2t+8, 2t+9)
     int           ev = 14;    // o's exponent for this unit (O += P V; F16: p * 2^14 <= 2^14)
     if constexpr (kQuant) {
@@ -417,8 +442,15 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
                     { b0[3], b1[3] }
                 };
                 score_mma(a, kc);
-                if constexpr (!kOne) {
-                    const uint4    qa    = sqa[g * kSqaRow<D> + c0 / 4];
+                const uint4 qa = sqa[qr * kSqaRow<D> + c0 / 4];
+                if constexpr (kPairs) {
+                    const uint32_t m01 = h == 0 ? km.x : km.z, m23 = h == 0 ? km.y : km.w;
+                    const uint32_t am[4] = { m01, m01, m23, m23 };
+                    const uint32_t sq[4] = { qa.x, qa.y, qa.z, qa.w };
+                    uint32_t       b0, b1;
+                    one_b(sq, g, b0, b1);
+                    mma_16816(bacc, am, b0, b1);
+                } else if constexpr (!kOne) {
                     const uint32_t aq[4] = { qa.x, qa.y, qa.z, qa.w };
                     mma_16816(bacc, aq, h == 0 ? km.x : km.z, h == 0 ? km.y : km.w);
                 }
@@ -439,7 +471,7 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
             }
             ev = scale_exp(warp_max(fmaxf(__low2float(smax), __high2float(smax))), 13);  // |p * scale| < 2^14
         } else {
-            bias = (bacc[0] + bacc[2]) * q_unscale;
+            bias = (kPairs ? bacc[0] + bacc[1] : bacc[0] + bacc[2]) * q_unscale;
         }
     } else {
         const F16Layout kl(p, s, tail, false, D);
@@ -457,7 +489,7 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int      c0   = kstep_channel(2 * kp + h, t);
-                const uint4    qa   = sqa[(kOne ? 0 : g) * kSqaRow<D> + c0 / 4];
+                const uint4    qa   = sqa[qr * kSqaRow<D> + c0 / 4];
                 const uint32_t a[4] = { qa.x, qa.y, qa.z, qa.w };
                 uint32_t       kc[4][2];
 #pragma unroll
@@ -470,7 +502,7 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
         }
     }
 
-    // online softmax over row g (this lane's 8 tokens, then the row's 4 lanes); kOne: over the query's 32 tokens
+    // online softmax over row g (this lane's 8 tokens, then the row's 4 lanes); kSwap: over query head t's 32 tokens
     // (this lane's 4, then the 8 rows)
     unscale *= kLog2e;
     bias *= kLog2e;
@@ -480,12 +512,12 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
 #pragma unroll
         for (int e = 0; e < kE; ++e) {
             const float x =
-                kOne ? sacc[j >> 1][2 * (j & 1)] + sacc[j >> 1][2 * (j & 1) + 1] : sacc[j][e] + sacc[j][2 + e];
+                kSwap ? sacc[j >> 1][2 * (j & 1)] + sacc[j >> 1][2 * (j & 1) + 1] : sacc[j][e] + sacc[j][2 + e];
             sc[j][e] = vis[j][e] ? x * unscale + bias + add[j][e] : -INFINITY;
             rmax     = fmaxf(rmax, sc[j][e]);
         }
     }
-    const float m_new = fmaxf(w.m, kOne ? col_max8(rmax) : row_max4(rmax));
+    const float m_new = fmaxf(w.m, kSwap ? col_max8(rmax) : row_max4(rmax));
     if (m_new == -INFINITY) {  // nothing seen yet by any row (the rows share the tokens and their visibility)
         return;
     }
@@ -501,14 +533,18 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     }
     w.m = m_new;
     w.l = w.l * corr + psum;
-    if constexpr (kOne) {  // from the rows' tokens (tile_token(j, g)) to the columns' (tile_token(j, 2t + e))
-        if (t == 0) {
-            *reinterpret_cast<float2 *>(pbuf + 2 * g)      = make_float2(pr[0][0], pr[1][0]);
-            *reinterpret_cast<float2 *>(pbuf + 16 + 2 * g) = make_float2(pr[2][0], pr[3][0]);
+    // kSwap: from the rows' tokens (tile_token(j, g)) to the columns' (tile_token(j, 2t + e)); kHeadPairs: head t's
+    // row of pbuf in, head g / 2's (the lane's B columns) out
+    if constexpr (kSwap) {
+        if (kPairs || t == 0) {
+            float * row                                   = pbuf + (kPairs ? t * kPbufRow : 0);
+            *reinterpret_cast<float2 *>(row + 2 * g)      = make_float2(pr[0][0], pr[1][0]);
+            *reinterpret_cast<float2 *>(row + 16 + 2 * g) = make_float2(pr[2][0], pr[3][0]);
         }
         __syncwarp();
-        const float4 lo = *reinterpret_cast<const float4 *>(pbuf + 4 * t);
-        const float4 hi = *reinterpret_cast<const float4 *>(pbuf + 16 + 4 * t);
+        const float * row = pbuf + (kPairs ? (g >> 1) * kPbufRow : 0);
+        const float4  lo  = *reinterpret_cast<const float4 *>(row + 4 * t);
+        const float4  hi  = *reinterpret_cast<const float4 *>(row + 16 + 4 * t);
         pr[0][0] = lo.x, pr[1][0] = lo.y, pr[0][1] = lo.z, pr[1][1] = lo.w;
         pr[2][0] = hi.x, pr[3][0] = hi.y, pr[2][1] = hi.z, pr[3][1] = hi.w;
     }
@@ -528,15 +564,18 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     // only when a row's max or e changes, not on every unit
     const int   e_new = corr == 0.0f ? ev : min(ev, w.e);
     const float f     = corr == 0.0f ? 0.0f : corr * exp2i(max(e_new - w.e, -126));
-    if (f != 1.0f) {  // (f is 1 only where corr is)
+    // vmin's rows are P's (kHeadPairs: head g / 2, whose factors lane 4 g + g / 2 has)
+    const float fv    = kPairs ? __shfl_sync(0xffffffffu, f, 4 * g + (g >> 1)) : f;
+    const float cv    = kPairs ? __shfl_sync(0xffffffffu, corr, 4 * g + (g >> 1)) : corr;
+    if (fv != 1.0f) {  // (f is 1 only where corr is)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            w.vmin[i] *= corr;
+            w.vmin[i] *= cv;
         }
     }
-    // o's columns are query heads 2t and 2t + 1: their rows' factors (lane 4h holds row h); kOne: one row
-    const float f0 = kOne ? f : __shfl_sync(0xffffffffu, f, 8 * t);
-    const float f1 = kOne ? f : __shfl_sync(0xffffffffu, f, 8 * t + 4);
+    // o's columns are query heads 2t and 2t + 1: their rows' factors (lane 4h holds row h); kSwap: this lane's head
+    const float f0 = kSwap ? f : __shfl_sync(0xffffffffu, f, 8 * t);
+    const float f1 = kSwap ? f : __shfl_sync(0xffffffffu, f, 8 * t + 4);
     if (f0 != 1.0f || f1 != 1.0f) {
 #pragma unroll
         for (int gi = 0; gi < kG; ++gi) {
@@ -559,7 +598,7 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
     if constexpr (kQuant) {
         // sum(p * min) per group: P (A, k-steps as below; p <= 1, unscaled: 2^e can exceed fp16's range) times the
         // min table (B: token x group, column g = group g; lanes past the last group read group g % kG, their
-        // columns are not used)
+        // columns are not used). kHeadPairs: A rows 2h and 2h + 1 are both head h.
         const uint8_t * mins = vblock + 2 * D + 2 * (4 * t * kG + (g & (kG - 1)));
 #pragma unroll
         for (int ks = 0; ks < 2; ++ks) {
@@ -651,8 +690,14 @@ __device__ __forceinline__ void mma_unit(const Params &  p,
 #pragma unroll
                 for (int m = 0; m < 2; ++m) {
                     const uint32_t a[4] = { b[0][2 * m], b[0][2 * m + 1], b[1][2 * m], b[1][2 * m + 1] };
-                    mma_16816(w.o[gi][m], a, pb[0], pb[2]);
-                    mma_16816(w.o[gi][m], a, pb[1], pb[3]);
+                    if constexpr (kPairs) {  // column g: head g / 2's value (g even) or remainder
+                        uint32_t b0, b1;
+                        one_b(pb, g, b0, b1);
+                        mma_16816(w.o[gi][m], a, b0, b1);
+                    } else {
+                        mma_16816(w.o[gi][m], a, pb[0], pb[2]);
+                        mma_16816(w.o[gi][m], a, pb[1], pb[3]);
+                    }
                 }
             }
         }
@@ -704,20 +749,21 @@ template <int D> struct MmaShared {
         float acc[kWarps][kMmaRows * D];  // at the end: the warps' unnormalized outputs
     };
 
-    uint4 sqa[kMmaRows * kSqaRow<D>];       // the same rows as A fragments (split_frag of 4 channels)
-    alignas(16) float pbuf[kWarps][kUnit];  // kOne: a unit's probabilities on their way between lanes
+    uint4 sqa[kMmaRows * kSqaRow<D>];                       // the same rows as A fragments (split_frag of 4 channels)
+    alignas(16) float pbuf[kWarps][kPairHeads * kPbufRow];  // kSwap: a unit's probabilities on their way between lanes
     float m[kWarps][kMmaRows], l[kWarps][kMmaRows];
     int   qexp[kMmaRows];
 };
 
 // Dynamic shared memory (sizeof(MmaShared<D>), over the 48 KiB of static shared memory for D = 128): the launch
-// raises the kernel's limit first (cocktail_attn_cuda.cu, resident_blocks). kOne: one query head per block (MHA;
-// mma_unit says how its fragments differ).
-template <int D, bool kOne> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_mma(const Params p) {
+// raises the kernel's limit first (cocktail_attn_cuda.cu, resident_blocks). L: how the block's query heads (one for
+// kOneHead, MHA; up to 4 for kHeadPairs; up to 8 for kHeadRows) meet the codes (mma_unit says how).
+template <int D, MmaLayout L> __global__ void __launch_bounds__(kWarps * 32, 3) attn_partial_mma(const Params p) {
     static_assert(D == 32 || D == 64 || D == 128, "tensor-core kernel: head_dim 32, 64 or 128");
     extern __shared__ uint4 mma_smem[];
-    MmaShared<D> &          sh    = *reinterpret_cast<MmaShared<D> *>(mma_smem);
-    constexpr int           kRows = kOne ? 1 : kMmaRows;  // query rows in the tables
+    MmaShared<D> &          sh   = *reinterpret_cast<MmaShared<D> *>(mma_smem);
+    constexpr bool          kOne = L == kOneHead, kPairs = L == kHeadPairs;
+    constexpr int           kRows = layout_heads(L);  // query rows in the tables
 
     const int qi = blockIdx.z, split = blockIdx.y;
     const int h_kv = blockIdx.x / p.n_gblocks, gb = blockIdx.x % p.n_gblocks;
@@ -766,7 +812,7 @@ template <int D, bool kOne> __global__ void __launch_bounds__(kWarps * 32, 3) at
         }
     }
     __syncthreads();
-    const float q_unscale = exp2i(-sh.qexp[kOne ? 0 : g]);
+    const float q_unscale = exp2i(-sh.qexp[kOne ? 0 : kPairs ? t : g]);  // of this lane's scores' head
 
     MmaWarp<D> w;
 #pragma unroll
@@ -788,24 +834,24 @@ template <int D, bool kOne> __global__ void __launch_bounds__(kWarps * 32, 3) at
     walk.run([&](const Segment & s, int unit, int next, int next_unit) {
         uint8_t * here = ws.enter(p, s, unit, next, next_unit, copy);
         if (quantized(s.kind)) {
-            mma_unit<D, kQuantUnit, kOne>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, here,
-                                          here + kStagedBlock<D>, pbuf, w);
+            mma_unit<D, kQuantUnit, L>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, here,
+                                       here + kStagedBlock<D>, pbuf, w);
         } else if (s.kind == kF16) {
-            mma_unit<D, kF16Unit, kOne>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, nullptr, nullptr, pbuf,
-                                        w);
+            mma_unit<D, kF16Unit, L>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, nullptr, nullptr, pbuf, w);
         } else {
-            mma_unit<D, kTailUnit, kOne>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, nullptr, nullptr, pbuf,
-                                         w);
+            mma_unit<D, kTailUnit, L>(p, s, qi, h_kv, unit, lane, sh.sqn, sh.sqa, q_unscale, nullptr, nullptr, pbuf, w);
         }
         __syncwarp();  // every lane is done with this stage (and pbuf) before the next unit refills them
     });
 
-    // row sums over the row's four lanes (kOne: over the eight rows, the four lanes of a row alike); this lane's
-    // columns of row g (remainder rows added) into the table (kOne: the value and remainder columns added)
-    w.l = kOne ? col_sum8(w.l) : row_sum4(w.l);
-    if (kOne ? lane == 0 : t == 0) {
-        sh.m[warp][g] = w.m * kLn2;  // write_split and the merge take natural units
-        sh.l[warp][g] = w.l;
+    // row sums over the row's four lanes (kOneHead: over the eight rows, the four lanes of a row alike; kHeadPairs:
+    // head t's over the eight rows); this lane's columns of row g (remainder rows added) into the table (kOneHead,
+    // kHeadPairs: the value and remainder columns added)
+    w.l = L != kHeadRows ? col_sum8(w.l) : row_sum4(w.l);
+    if (kOne ? lane == 0 : kPairs ? g == 0 : t == 0) {
+        const int row   = kOne ? 0 : kPairs ? t : g;
+        sh.m[warp][row] = w.m * kLn2;  // write_split and the merge take natural units
+        sh.l[warp][row] = w.l;
     }
     const float unscale = exp2i(-w.e);
     __syncthreads();  // the output table overlays the other warps' stages
@@ -822,6 +868,17 @@ template <int D, bool kOne> __global__ void __launch_bounds__(kWarps * 32, 3) at
                         sh.acc[warp][vt_channel(gi, m, g + 8 * r)] =
                             (w.o[gi][m][2 * r] + w.o[gi][m][2 * r + 1]) * unscale + mins;
                     }
+                }
+            }
+        } else if constexpr (kPairs) {  // head t's o: its value and remainder columns; its V-min sums (rows 2t and
+                                        // 2t + 1 alike) are in lane 8t + gi / 2
+            const float mins = __shfl_sync(0xffffffffu, vmin[gi & 1], 8 * t + (gi >> 1));
+#pragma unroll
+            for (int m = 0; m < 2; ++m) {
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    sh.acc[warp][t * D + vt_channel(gi, m, g + 8 * r)] =
+                        (w.o[gi][m][2 * r] + w.o[gi][m][2 * r + 1]) * unscale + mins;
                 }
             }
         } else {

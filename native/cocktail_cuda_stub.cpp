@@ -87,10 +87,11 @@ int cocktail_pack_region_cuda(int          precision,
 
 int cocktail_attn_mixed_regions_cuda_bench(const struct cocktail_attn_args * args,
                                            int                               n_iters,
+                                           int                               graph,
                                            double *                          ms,
                                            double *                          bytes_read,
                                            double *                          copy_gbps) {
-    (void) n_iters, (void) ms, (void) bytes_read, (void) copy_gbps;
+    (void) n_iters, (void) graph, (void) ms, (void) bytes_read, (void) copy_gbps;
     return cocktail_attn_mixed_regions_cuda(args);
 }
 

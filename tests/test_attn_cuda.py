@@ -77,13 +77,17 @@ def test_group_sizes(group: int, head_dim: int) -> None:
 
 
 @needs_cuda
+@pytest.mark.parametrize("layout", ["pairs", "rows"])
 @pytest.mark.parametrize("group", [1, 4])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_many_units_per_warp_with_later_maxima(group: int, head_dim: int) -> None:
+def test_many_units_per_warp_with_later_maxima(
+    group: int, head_dim: int, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """8 query tokens x 8 KV heads leave ~6 splits, so each warp runs ~8 units of 32 tokens in a row (the
     random cases give most warps one). The F16 chunks and the tail, which come after the Q2 / Q4 regions, get
     K scaled up so that they raise the running max late: the rescaling of everything accumulated before them
-    (O, the sum and the V-min sums of the quantized units) is what this checks."""
+    (O, the sum and the V-min sums of the quantized units) is what this checks, in both GQA layouts."""
+    monkeypatch.setenv("COCKTAIL_GQA_LAYOUT", layout)
     c = cpu.Case(head_dim, 8, group, 32, 6000, "random", 33, 8, False, False, 1.0, 2, seed=77 + group)
     b = cpu._build(c)
     late = np.concatenate([*b.chunks["f16"], np.arange(c.n_ctx, c.n_ctx + c.n_tail)])
@@ -108,25 +112,56 @@ def test_mha_on_each_kernel(case: cpu.Case, mha_kernel: str, monkeypatch: pytest
     _check(case)
 
 
+# Four query heads per KV head (Llama-3, Mistral) run the tensor-core kernel with the heads as B's column
+# pairs (COCKTAIL_GQA_LAYOUT=auto, the default: pairs) or as A's rows (rows, the layout of larger groups):
+# the random cases of that kind, once more in each layout.
+GQA4_CASES = [(c, i) for c, i in zip(CASES, IDS, strict=True) if c.group == 4 and c.head_dim <= 128]
+
+
+@needs_cuda
+@pytest.mark.parametrize("layout", ["pairs", "rows"])
+@pytest.mark.parametrize("case", [c for c, _ in GQA4_CASES], ids=[i for _, i in GQA4_CASES])
+def test_gqa4_in_each_layout(case: cpu.Case, layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COCKTAIL_GQA_LAYOUT", layout)
+    _check(case)
+
+
 @needs_cuda
 @pytest.mark.parametrize("order", ["forward", "rotated", "zigzag"])
-@pytest.mark.parametrize(("group", "mha_kernel"), [(1, "mma"), (1, "scalar"), (4, "mma")])
-def test_every_unit_order(order: str, group: int, mha_kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("group", "variable", "kernel"),
+    [
+        (1, "COCKTAIL_MHA_KERNEL", "mma"),
+        (1, "COCKTAIL_MHA_KERNEL", "scalar"),
+        (4, "COCKTAIL_GQA_LAYOUT", "pairs"),
+        (4, "COCKTAIL_GQA_LAYOUT", "rows"),
+    ],
+)
+def test_every_unit_order(
+    order: str, group: int, variable: str, kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """COCKTAIL_UNIT_ORDER (the order in which a warp takes its units; the kernels default to forward or
     rotated) changes only the order of the sums: each order against the reference and the CPU op, with ~8
-    units per warp, several regions of each precision, 8 query tokens and the tail."""
+    units per warp, several regions of each precision, 8 query tokens and the tail, on each kernel."""
     monkeypatch.setenv("COCKTAIL_UNIT_ORDER", order)
-    monkeypatch.setenv("COCKTAIL_MHA_KERNEL", mha_kernel)
+    monkeypatch.setenv(variable, kernel)
     _check(cpu.Case(128, 8, group, 32, 6000, "random", 33, 8, False, False, 1.0, 2, seed=400 + group))
 
 
 @needs_cuda
 @pytest.mark.parametrize(
-    ("variable", "value"), [("COCKTAIL_UNIT_ORDER", "sideways"), ("COCKTAIL_MHA_KERNEL", "systolic")]
+    ("variable", "value", "group"),
+    [
+        ("COCKTAIL_UNIT_ORDER", "sideways", 1),
+        ("COCKTAIL_MHA_KERNEL", "systolic", 1),
+        ("COCKTAIL_GQA_LAYOUT", "diagonal", 4),
+    ],
 )
-def test_unknown_kernel_setting_is_named(variable: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_kernel_setting_is_named(
+    variable: str, value: str, group: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(variable, value)
-    c = cpu.Case(64, 2, 1, 32, 300, "random", 3, 1, False, False, 1.0, 2, seed=5)
+    c = cpu.Case(64, 2, group, 32, 300, "random", 3, 1, False, False, 1.0, 2, seed=5)
     b = cpu._build(c)
     with pytest.raises(ValueError, match=f"{variable}={value}"):
         _cuda(b, c, cpu._regions(b, c, None))
@@ -177,11 +212,51 @@ def test_tail_strides_and_masked_padding(group: int) -> None:
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=name)
 
 
+@needs_cuda
+def test_bench_times_both_launch_modes() -> None:
+    """The bench's two launch modes (one launch per call; the calls in one CUDA graph) time the same call."""
+    c = _long_case(0)
+    b = cpu._build(c)
+    regions = cpu._regions(b, c, None)
+    kv_bytes = sum(len(r.k) + len(r.v) for r in regions)
+    tail_k, tail_v = b.k[:, c.n_ctx :], b.v[:, c.n_ctx :]
+    runs = [
+        native_ops.attn_cuda_bench(
+            b.q,
+            regions,
+            n_head_kv=c.n_head_kv,
+            kq_scale=b.kq_scale,
+            tail_k=tail_k,
+            tail_v=tail_v,
+            n_iters=5,
+            graph=g,
+        )
+        for g in (False, True)
+    ]
+    for r in runs:
+        assert r["ms"] > 0.0 and r["copy_gbps"] > 0.0
+        assert r["bytes_read"] >= kv_bytes
+    assert runs[0]["bytes_read"] == runs[1]["bytes_read"]
+    # the bench left the device usable: the op still matches its reference
+    _check(c)
+
+
+def test_bench_refuses_no_calls() -> None:
+    c = cpu._random_case(0)
+    b = cpu._build(c)
+    with pytest.raises(ValueError, match="n_iters=0"):
+        native_ops.attn_cuda_bench(b.q, [], n_head_kv=c.n_head_kv, kq_scale=1.0, n_iters=0)
+
+
 @pytest.mark.skipif(bool(_native.build_info().get("cuda")), reason="CUDA build")
 def test_cpu_build_refuses_cuda_with_a_message() -> None:
     c = cpu._random_case(0)
     b = cpu._build(c)
     with pytest.raises(_native.NativeError, match="built without CUDA"):
         _cuda(b, c, cpu._regions(b, c, None))
+    with pytest.raises(_native.NativeError, match="built without CUDA"):
+        native_ops.attn_cuda_bench(
+            b.q, cpu._regions(b, c, None), n_head_kv=c.n_head_kv, kq_scale=1.0, graph=True
+        )
     with pytest.raises(ValueError, match="device='tpu'"):
         native_ops.attn_mixed_regions(b.q, [], n_head_kv=c.n_head_kv, kq_scale=1.0, device="tpu")
