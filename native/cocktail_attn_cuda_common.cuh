@@ -248,9 +248,10 @@ struct WarpStages {
 };
 
 // Combines the block's warps' partial softmaxes (running max m, sum l, unnormalized rows acc[warp][g * D + d] for
-// GS query heads) into split `split`'s rows of part_acc / part_ml, for query heads h0 .. h0 + n_g - 1. Every thread
-// of the block calls it after a barrier that publishes m, l and acc.
-template <int D, int GS>
+// GS query heads) into split `split`'s rows of part_acc / part_ml, for query heads h0 .. h0 + n_g - 1 (n_g <=
+// kRows <= GS: the rows the kernel can have, which bound the unrolled loop). Every thread of the block calls it after
+// a barrier that publishes m, l and acc.
+template <int D, int GS, int kRows = GS>
 __device__ void write_split(const Params & p,
                             int            qi,
                             int            split,
@@ -259,10 +260,11 @@ __device__ void write_split(const Params & p,
                             const float (&m)[kWarps][GS],
                             const float (&l)[kWarps][GS],
                             const float * acc) {
+    static_assert(kRows <= GS, "write_split: more rows than the tables hold");
     constexpr int kThreads = kWarps * 32;  // (the kernels' block size)
     // unrolled, so that the rows' chains (m loads, max, exps, sums) overlap
 #pragma unroll
-    for (int it = 0; it < (GS * D + kThreads - 1) / kThreads; ++it) {
+    for (int it = 0; it < (kRows * D + kThreads - 1) / kThreads; ++it) {
         const int i = static_cast<int>(threadIdx.x) + it * kThreads;
         if (i < n_g * D) {
             const int g = i / D, d = i % D;

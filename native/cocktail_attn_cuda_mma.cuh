@@ -897,7 +897,7 @@ template <int D, MmaLayout L> __global__ void __launch_bounds__(kWarps * 32, 3) 
         }
     }
     __syncthreads();
-    write_split<D, kMmaRows>(p, qi, split, h0, n_g, sh.m, sh.l, &sh.acc[0][0]);
+    write_split<D, kMmaRows, kRows>(p, qi, split, h0, n_g, sh.m, sh.l, &sh.acc[0][0]);
 }
 
 }  // namespace cocktail::cuda_impl
