@@ -98,31 +98,29 @@ def test_many_units_per_warp_with_later_maxima(
     assert np.max(np.abs(got - want)) <= tol
 
 
-# One query head per KV head (MHA, head_dim 32 to 128) runs on the scalar kernel or the tensor-core kernel's
-# one-head variant, by the plan's F16 share (COCKTAIL_MHA_KERNEL=auto, the default): the random cases of that
-# kind, once more on each kernel (COCKTAIL_MHA_KERNEL=mma, =scalar).
-MHA_CASES = [(c, i) for c, i in zip(CASES, IDS, strict=True) if c.group == 1 and c.head_dim <= 128]
+# The random cases once more under each choice the host makes by shape (head_dim 32 to 128): one query
+# head per KV head (MHA) on the scalar kernel or the tensor-core kernel's one-head variant
+# (COCKTAIL_MHA_KERNEL; auto, the default, picks by the plan's F16 share); four (Llama-3, Mistral) on the
+# tensor-core kernel with the heads as B's column pairs or as A's rows, the layout of larger groups
+# (COCKTAIL_GQA_LAYOUT; auto: pairs).
+CHOICES_BY_GROUP = {
+    1: ("COCKTAIL_MHA_KERNEL", ("mma", "scalar")),
+    4: ("COCKTAIL_GQA_LAYOUT", ("pairs", "rows")),
+}
+KERNEL_CASES = [
+    (c, CHOICES_BY_GROUP[c.group][0], value, f"{i}-{value}")
+    for c, i in zip(CASES, IDS, strict=True)
+    if c.group in CHOICES_BY_GROUP and c.head_dim <= 128
+    for value in CHOICES_BY_GROUP[c.group][1]
+]
 
 
 @needs_cuda
-@pytest.mark.parametrize("mha_kernel", ["mma", "scalar"])
-@pytest.mark.parametrize("case", [c for c, _ in MHA_CASES], ids=[i for _, i in MHA_CASES])
-def test_mha_on_each_kernel(case: cpu.Case, mha_kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COCKTAIL_MHA_KERNEL", mha_kernel)
-    _check(case)
-
-
-# Four query heads per KV head (Llama-3, Mistral) run the tensor-core kernel with the heads as B's column
-# pairs (COCKTAIL_GQA_LAYOUT=auto, the default: pairs) or as A's rows (rows, the layout of larger groups):
-# the random cases of that kind, once more in each layout.
-GQA4_CASES = [(c, i) for c, i in zip(CASES, IDS, strict=True) if c.group == 4 and c.head_dim <= 128]
-
-
-@needs_cuda
-@pytest.mark.parametrize("layout", ["pairs", "rows"])
-@pytest.mark.parametrize("case", [c for c, _ in GQA4_CASES], ids=[i for _, i in GQA4_CASES])
-def test_gqa4_in_each_layout(case: cpu.Case, layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COCKTAIL_GQA_LAYOUT", layout)
+@pytest.mark.parametrize(
+    ("case", "variable", "value"), [k[:3] for k in KERNEL_CASES], ids=[k[3] for k in KERNEL_CASES]
+)
+def test_on_each_kernel(case: cpu.Case, variable: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variable, value)
     _check(case)
 
 
