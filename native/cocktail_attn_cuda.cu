@@ -718,20 +718,22 @@ template <size_t N> int env_choice(const char * name, const char * const (&value
 // COCKTAIL_MHA_KERNEL). Larger groups take the rows layout whatever it says.
 enum GqaLayout { kGqaAuto, kGqaPairs, kGqaRows };
 
+// A measuring setting whose choices are enum E's values in kNames' order, E's first (auto) where unset.
+template <typename E, size_t N> int env_enum(const char * name, const char * const (&names)[N], E & k) {
+    int       i  = -1;
+    const int rc = env_choice(name, names, i);
+    k            = static_cast<E>(i < 0 ? 0 : i);
+    return rc;
+}
+
 int gqa_layout(GqaLayout & k) {
     static const char * const kNames[] = { "auto", "pairs", "rows" };  // in GqaLayout's order
-    int                       i        = -1;
-    const int                 rc       = env_choice("COCKTAIL_GQA_LAYOUT", kNames, i);
-    k                                  = i < 0 ? kGqaAuto : static_cast<GqaLayout>(i);
-    return rc;
+    return env_enum("COCKTAIL_GQA_LAYOUT", kNames, k);
 }
 
 int mha_kernel(MhaKernel & k) {
     static const char * const kNames[] = { "auto", "mma", "scalar" };  // in MhaKernel's order
-    int                       i        = -1;
-    const int                 rc       = env_choice("COCKTAIL_MHA_KERNEL", kNames, i);
-    k                                  = i < 0 ? kMhaAuto : static_cast<MhaKernel>(i);
-    return rc;
+    return env_enum("COCKTAIL_MHA_KERNEL", kNames, k);
 }
 
 // The share of p's tokens in F16 regions and the tail.
